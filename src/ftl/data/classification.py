@@ -1,0 +1,199 @@
+"""Text classification data: labels (ints or strings) -> ids in a stable order, and per-dataset defaults.
+
+The per-dataset classes below hold defaults only (source, label names); all logic is in
+`TextClassificationDataModule` and its base `TextDataModule`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ftl.data.text import TextDataModule, column_error
+from ftl.errors import FTLError
+
+
+class TextClassificationDataModule(TextDataModule):
+    """Single-label text classification from any source `TextDataModule` reads.
+
+    `label_names` fixes the label order when given; otherwise it is taken from a `ClassLabel` feature,
+    from a `label_name` column beside integer labels (as in `shared/data`), or from the sorted label values.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        text_column: str = "text",
+        label_column: str = "label",
+        label_names: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.text_column = text_column
+        self.label_column = label_column
+        self._label_names = list(label_names) if label_names else None
+
+    # ------------------------------------------------------------------ labels (linked into the model)
+    @property
+    def label_names(self) -> list[str]:
+        self.raw  # noqa: B018 - loading the data is what fixes the label names
+        return list(self._label_names)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def label_counts(self, split: str = "train") -> list[int]:
+        """Rows per label id in `split` (for class weights and reports)."""
+        counts = [0] * self.num_labels
+        for label in self.raw[split]["labels"]:
+            counts[label] += 1
+        return counts
+
+    # ------------------------------------------------------------------ hooks
+    def required_columns(self) -> list[str]:
+        return [self.text_column, self.label_column]
+
+    def stratify_column(self) -> str | None:
+        return "labels"
+
+    def tokenization_settings(self) -> dict[str, Any]:
+        return {"text_column": self.text_column}
+
+    def _prepare_raw(self, raw):
+        import datasets
+
+        for split, ds in raw.items():
+            for kind, name, option in (
+                ("text", self.text_column, "data.text_column"),
+                ("label", self.label_column, "data.label_column"),
+            ):
+                if name not in ds.column_names:
+                    raise column_error(kind, name, split, ds.column_names, option)
+        if self._label_names is None:
+            self._label_names = self._infer_label_names(raw)
+        names = self._label_names
+        if len(names) < 2:
+            raise FTLError(f"found only {len(names)} label(s) {names}: classification needs at least 2")
+        index = {name: i for i, name in enumerate(names)}
+        out = {}
+        for split, ds in raw.items():
+            feature = ds.features[self.label_column]
+            source_names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+            values = ds[self.label_column]
+            ids = [self._label_id(v, index, source_names, split) for v in values]
+            keep = [c for c in ds.column_names if c not in ("labels",)]
+            ds = ds.select_columns(keep).add_column("labels", ids)
+            ds = ds.cast_column("labels", datasets.ClassLabel(names=names))
+            out[split] = ds
+        return datasets.DatasetDict(out)
+
+    def _label_id(self, value, index: dict[str, int], source_names: list[str] | None, split: str) -> int:
+        if value is None:
+            raise FTLError(f"a row in the {split} split has no label: drop it or fill column '{self.label_column}'")
+        if source_names is not None:  # ClassLabel ints: map through the source's names
+            value = source_names[value]
+        if isinstance(value, str):
+            if value in index:
+                return index[value]
+            if value.strip().lstrip("-").isdigit():
+                value = int(value)
+            else:
+                raise FTLError(
+                    f"label '{value}' in the {split} split is not in label_names {list(index)}: "
+                    "add it to data.label_names or fix the data"
+                )
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise FTLError(f"label {value!r} in the {split} split is neither an int nor a string: fix the data")
+        if not 0 <= value < len(index):
+            raise FTLError(
+                f"label {value} in the {split} split is out of range for {len(index)} label_names {list(index)}: "
+                "add names to data.label_names or fix the data"
+            )
+        return value
+
+    def _infer_label_names(self, raw) -> list[str]:
+        import datasets
+
+        train = raw["train"]
+        feature = train.features[self.label_column]
+        if isinstance(feature, datasets.ClassLabel):
+            return list(feature.names)
+        values = [v for ds in raw.values() for v in ds[self.label_column] if v is not None]
+        if all(isinstance(v, str) for v in values):
+            return sorted(set(values))
+        ints = sorted({int(v) for v in values})
+        if "label_name" in train.column_names:  # int labels with a readable name column (shared/data)
+            pairs = {}
+            for ds in raw.values():
+                if "label_name" in ds.column_names:
+                    pairs.update(zip(ds[self.label_column], ds["label_name"], strict=True))
+            if set(pairs) == set(range(len(pairs))):
+                return [str(pairs[i]) for i in range(len(pairs))]
+        if ints and ints[0] >= 0:
+            return [str(i) for i in range(ints[-1] + 1)]
+        raise FTLError(f"cannot infer label names from labels {ints[:10]}: set data.label_names")
+
+    def _tokenize_batch(self, batch: dict[str, list]) -> dict[str, list]:
+        texts = ["" if t is None else str(t) for t in batch[self.text_column]]
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        encoded["labels"] = batch["labels"]
+        return encoded
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.collator(features)
+
+    @property
+    def collator(self):
+        """Dynamic padding per batch to a multiple of 8, never to max_length."""
+        if getattr(self, "_collator", None) is None:
+            from transformers import DataCollatorWithPadding
+
+            self._collator = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8, return_tensors="pt")
+        return self._collator
+
+
+class DepressionDataModule(TextClassificationDataModule):
+    """Depression detection in social-media posts (binary)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        dataset: str | None = "mrjunos/depression-reddit-cleaned",
+        label_names: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, dataset=dataset, label_names=label_names or ["not_depressed", "depressed"], **kwargs)
+
+
+class CancerDataModule(TextClassificationDataModule):
+    """Cancer vs non-cancer PubMed abstracts (binary). No public hub copy: use `data_dir`."""
+
+    def __init__(self, *args: Any, label_names: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, label_names=label_names or ["non_cancer", "cancer"], **kwargs)
+
+
+class MedicalAbstractsDataModule(TextClassificationDataModule):
+    """Medical abstracts by patient condition (5 classes, Schopf et al. 2022)."""
+
+    def __init__(self, *args: Any, label_names: list[str] | None = None, **kwargs: Any) -> None:
+        names = label_names or [
+            "neoplasms",
+            "digestive_system_diseases",
+            "nervous_system_diseases",
+            "cardiovascular_diseases",
+            "general_pathological_conditions",
+        ]
+        super().__init__(*args, label_names=names, **kwargs)
+
+
+class IMDBDataModule(TextClassificationDataModule):
+    """IMDB movie-review sentiment (binary), the usual sanity check for a classifier."""
+
+    def __init__(
+        self,
+        *args: Any,
+        dataset: str | None = "stanfordnlp/imdb",
+        label_names: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, dataset=dataset, label_names=label_names or ["negative", "positive"], **kwargs)

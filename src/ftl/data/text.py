@@ -1,0 +1,354 @@
+"""The one generic text data path: load -> validate -> split -> tokenize (cached) -> dynamically padded loaders.
+
+Task data modules (classification, QA) subclass `TextDataModule` and fill in three hooks: which columns
+must exist (`required_columns`), how rows become model inputs (`_tokenize_batch`), and how to batch them
+(`collate`). Everything about *where* data comes from and *how* it is split and cached lives here once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from ftl.errors import FTLError
+
+SPLITS = ("train", "val", "test")
+# Names other datasets use for our three splits.
+_SPLIT_ALIASES = {
+    "train": ("train", "training"),
+    "val": ("val", "validation", "valid", "dev"),
+    "test": ("test", "testing", "eval", "evaluation"),
+}
+_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def ftl_cache_dir() -> Path:
+    """Where ftl keeps derived data (tokenized splits, converted models): `$FTL_CACHE` or ~/.cache/ftl."""
+    return Path(os.environ.get("FTL_CACHE", Path.home() / ".cache" / "ftl")).expanduser()
+
+
+def _builder_for(paths: Sequence[str]) -> str:
+    suffixes = {Path(p).suffix.lower() for p in paths}
+    builders = {_EXTENSIONS.get(s) for s in suffixes}
+    if None in builders or len(builders) != 1:
+        raise FTLError(
+            f"cannot read data files with suffixes {sorted(suffixes)}: use .csv, .tsv, .jsonl/.json or .parquet files"
+        )
+    return builders.pop()
+
+
+def find_split_files(data_dir: str | os.PathLike) -> dict[str, str]:
+    """Map split name -> file in `data_dir` (`train.csv`, `validation.jsonl`, `test.parquet`, ...)."""
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        raise FTLError(f"data_dir '{data_dir}' does not exist or is not a folder: pass a folder with train/val/test files")
+    files: dict[str, str] = {}
+    for split, aliases in _SPLIT_ALIASES.items():
+        for path in sorted(folder.iterdir()):
+            if path.stem.lower() in aliases and path.suffix.lower() in _EXTENSIONS:
+                files[split] = str(path)
+                break
+    if "train" not in files:
+        present = sorted(p.name for p in folder.iterdir())
+        raise FTLError(
+            f"data_dir '{data_dir}' has no train file (found {present}): add train.csv, train.jsonl or train.parquet"
+        )
+    return files
+
+
+class TextDataModule(L.LightningDataModule):
+    """Generic base: where text comes from, how it is split, tokenized once, and batched.
+
+    Sources, in order of precedence: `data_files` (split -> path, or one path), `data_dir` (a folder with
+    train/val/test files), `dataset` (anything `datasets.load_dataset` takes: a hub id or a builder name).
+    Missing val/test splits are carved from train with a seeded split (stratified where the subclass says).
+    """
+
+    def __init__(
+        self,
+        dataset: str | None = None,
+        dataset_config: str | None = None,
+        data_dir: str | None = None,
+        data_files: dict[str, str] | str | None = None,
+        tokenizer: str | None = None,
+        max_length: int = 256,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        max_samples: int | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 42,
+        cache_dir: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.dataset_config = dataset_config
+        self.data_dir = data_dir
+        self.data_files = data_files
+        self.tokenizer_name = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.max_samples = max_samples
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else ftl_cache_dir() / "datasets"
+        self.trust_remote_code = trust_remote_code
+        self._raw = None
+        self._tokenizer = None
+        self.datasets: dict[str, Any] = {}
+        if not (dataset or data_dir or data_files):
+            raise FTLError("no data source: set data.dataset (hub id), data.data_dir (folder) or data.data_files")
+        for name in ("batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise FTLError(f"data.{name} must be a positive integer, got {getattr(self, name)}")
+
+    # ---------------------------------------------------------------- hooks for subclasses
+    def required_columns(self) -> list[str]:
+        """Columns every split must have."""
+        return []
+
+    def stratify_column(self) -> str | None:
+        """Column to stratify generated splits by (None: plain seeded split)."""
+        return None
+
+    def group_column(self) -> str | None:
+        """Column whose equal values must stay in one split (e.g. the question in QA)."""
+        return None
+
+    def _prepare_raw(self, raw: Any) -> Any:
+        """Validate and normalise the raw DatasetDict (labels to ids, etc.) before splitting."""
+        return raw
+
+    def _tokenize_batch(self, batch: dict[str, list]) -> dict[str, list]:
+        raise NotImplementedError
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- loading
+    @property
+    def tokenizer(self):
+        """The tokenizer of `model.pretrained` (linked by the CLI), loaded once."""
+        if self._tokenizer is None:
+            if not self.tokenizer_name:
+                raise FTLError("data.tokenizer is not set: set model.pretrained (the CLI links it) or data.tokenizer")
+            from ftl.models.hub import load_tokenizer, model_max_length
+
+            self._tokenizer = load_tokenizer(self.tokenizer_name, trust_remote_code=self.trust_remote_code)
+            limit = model_max_length(self.tokenizer_name)
+            if limit is not None and self.max_length > limit:
+                raise FTLError(
+                    f"data.max_length={self.max_length} is above the model's limit of {limit} positions: "
+                    f"set --data.max_length {limit} or less"
+                )
+        return self._tokenizer
+
+    @property
+    def raw(self):
+        """Raw splits after validation and splitting; loaded on first use (the CLI needs labels early)."""
+        if self._raw is None:
+            raw = self._load_source()
+            raw = self._prepare_raw(raw)
+            raw = self._make_missing_splits(raw)
+            raw = self._limit_samples(raw)
+            for split, ds in raw.items():
+                if len(ds) == 0:
+                    raise FTLError(f"the {split} split is empty: check the data source or max_samples")
+            self._raw = raw
+        return self._raw
+
+    def _load_source(self):
+        import datasets
+
+        datasets.utils.logging.disable_progress_bar()
+        cache = str(self.cache_dir / "raw")
+        if self.data_files or self.data_dir:
+            files = self.data_files if self.data_files else find_split_files(self.data_dir)
+            if isinstance(files, str):
+                files = {"train": files}
+            for split, path in files.items():
+                if not Path(path).expanduser().is_file():
+                    raise FTLError(f"data file for split '{split}' not found: '{path}': check the path")
+            builder = _builder_for(list(files.values()))
+            try:
+                loaded = datasets.load_dataset(
+                    builder, data_files={k: str(Path(v).expanduser()) for k, v in files.items()}, cache_dir=cache
+                )
+            except Exception as err:  # pyarrow/pandas parse errors are long; keep the first line
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                empty = re.search(r'Instruction "(\w+)" corresponds to no data', first)
+                if empty and empty.group(1) in files:
+                    split = empty.group(1)
+                    raise FTLError(f"the {split} split is empty ('{files[split]}' has no rows): add rows or remove it") from err
+                raise FTLError(f"could not read data files {list(files.values())}: {first}") from err
+        else:
+            # `datasets` >= 4 runs no loading scripts, so there is no remote code to trust here.
+            try:
+                loaded = datasets.load_dataset(self.dataset, self.dataset_config, cache_dir=cache)
+            except Exception as err:
+                raise FTLError(self._hub_error(err)) from err
+        if not isinstance(loaded, datasets.DatasetDict):
+            loaded = datasets.DatasetDict({"train": loaded})
+        return self._normalise_split_names(loaded)
+
+    def _hub_error(self, err: Exception) -> str:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return (
+            f"could not load dataset '{self.dataset}' ({first[:200]}); offline? "
+            "pass --data.data_dir with train/val/test csv/jsonl/parquet files instead"
+        )
+
+    @staticmethod
+    def _normalise_split_names(loaded):
+        import datasets
+
+        out = {}
+        for split, aliases in _SPLIT_ALIASES.items():
+            for name in loaded:
+                if name.lower() in aliases:
+                    out[split] = loaded[name]
+                    break
+        if "train" not in out:
+            raise FTLError(f"the data has no train split (splits: {list(loaded)}): name one split 'train'")
+        return datasets.DatasetDict(out)
+
+    def _make_missing_splits(self, raw):
+        """Carve val/test out of train where the source lacks them: seeded, stratified or grouped."""
+        import datasets
+
+        missing = [s for s in ("val", "test") if s not in raw]
+        if not missing:
+            return raw
+        fractions = {"val": self.val_fraction, "test": self.test_fraction}
+        train = raw["train"]
+        out = dict(raw)
+        for split in missing:
+            # fraction of the *remaining* train rows that gives `fractions[split]` of the original
+            taken = sum(fractions[s] for s in missing if s != split and s in out and s not in raw)
+            size = fractions[split] / max(1e-9, 1.0 - taken)
+            train, held = self._split_off(train, size, split)
+            out[split] = held
+        out["train"] = train
+        return datasets.DatasetDict({s: out[s] for s in SPLITS if s in out})
+
+    def _split_off(self, ds, size: float, split: str):
+        group = self.group_column()
+        if group:
+            return self._split_by_group(ds, size, group)
+        strat = self.stratify_column()
+        try:
+            parts = ds.train_test_split(test_size=size, seed=self.seed, stratify_by_column=strat)
+        except ValueError as err:
+            raise FTLError(
+                f"cannot make a stratified {split} split of {len(ds)} rows ({err}); "
+                "give every class at least 2 rows per split, provide val/test files, or change data.*_fraction"
+            ) from err
+        return parts["train"], parts["test"]
+
+    def _split_by_group(self, ds, size: float, group: str):
+        import random
+
+        keys = sorted({" ".join(str(v).lower().split()) for v in ds[group]})
+        random.Random(self.seed).shuffle(keys)
+        held_keys = set(keys[: max(1, round(size * len(keys)))])
+        normalised = [" ".join(str(v).lower().split()) for v in ds[group]]
+        held = [i for i, k in enumerate(normalised) if k in held_keys]
+        kept = [i for i, k in enumerate(normalised) if k not in held_keys]
+        return ds.select(kept), ds.select(held)
+
+    def _limit_samples(self, raw):
+        if not self.max_samples:
+            return raw
+        import datasets
+
+        out = {}
+        for split, ds in raw.items():
+            if len(ds) > self.max_samples:
+                ds = ds.shuffle(seed=self.seed).select(range(self.max_samples)).flatten_indices()
+            out[split] = ds
+        return datasets.DatasetDict(out)
+
+    # ---------------------------------------------------------------- tokenization
+    def _cache_file(self, split: str, ds) -> str:
+        """Cache key: data fingerprint + tokenizer + max_length + this class's tokenization settings."""
+        from datasets.fingerprint import Hasher
+
+        key = Hasher.hash(
+            [ds._fingerprint, Hasher.hash(self.tokenizer), self.max_length, type(self).__qualname__,
+             self.tokenization_settings()]
+        )
+        folder = self.cache_dir / "tokenized"
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder / f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.arrow")
+
+    def tokenization_settings(self) -> dict[str, Any]:
+        """Anything besides tokenizer and max_length that changes tokenized output (part of the cache key)."""
+        return {}
+
+    def tokenize_split(self, split: str):
+        ds = self.raw[split]
+        return ds.map(
+            self._tokenize_batch,
+            batched=True,
+            remove_columns=ds.column_names,
+            cache_file_name=self._cache_file(split, ds),
+            load_from_cache_file=True,
+            desc=f"tokenizing {split}",
+        )
+
+    def prepare_data(self) -> None:
+        """Tokenize every split once on rank 0; later runs and other ranks read the cache."""
+        for split in self.raw:
+            self.tokenize_split(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.datasets:
+            self.datasets = {split: self.tokenize_split(split) for split in self.raw}
+
+    def has_split(self, split: str) -> bool:
+        return split in self.raw
+
+    # ---------------------------------------------------------------- loaders
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise FTLError(f"there is no {split} split: provide a {split} file or let ftl split train")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+
+def column_error(kind: str, name: str, split: str, present: Sequence[str], option: str) -> FTLError:
+    return FTLError(
+        f"{kind} column '{name}' not in the {split} split (columns: {', '.join(present)}): set {option} to one of them"
+    )
+
+

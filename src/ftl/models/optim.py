@@ -1,0 +1,61 @@
+"""AdamW with the usual transformer parameter groups and a warmup schedule, shared by every ftl module."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+SchedulerName = Literal["linear", "cosine", "constant"]
+
+# Parameters of these layers are scales/shifts, not weights: decaying them only hurts (BERT, GPT-2 recipes).
+_NO_DECAY_TYPES = (nn.LayerNorm,)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: weights with `weight_decay`, and biases + normalisation parameters without."""
+    no_decay: set[str] = set()
+    for module_name, module in model.named_modules():
+        is_norm = isinstance(module, _NO_DECAY_TYPES) or "norm" in type(module).__name__.lower()
+        for param_name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if is_norm or param_name.endswith("bias"):
+                no_decay.add(full)
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (plain if name in no_decay else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def warmup_steps_for(total_steps: int, warmup_steps: int, warmup_ratio: float) -> int:
+    """`warmup_steps` wins when set; otherwise `warmup_ratio` of the total (HF Trainer's rule)."""
+    if warmup_steps > 0:
+        return warmup_steps
+    return int(round(warmup_ratio * total_steps))
+
+
+def configure_adamw(
+    model: nn.Module,
+    *,
+    learning_rate: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    scheduler: SchedulerName,
+    warmup_steps: int,
+    warmup_ratio: float,
+    total_steps: int,
+) -> dict:
+    """The `configure_optimizers` return value: AdamW (fused on CUDA) + a per-step schedule."""
+    from transformers import get_scheduler
+
+    params = parameter_groups(model, weight_decay)
+    on_cuda = any(p.is_cuda for g in params for p in g["params"])
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=tuple(betas), eps=eps, fused=on_cuda or None)
+    warmup = warmup_steps_for(total_steps, warmup_steps, warmup_ratio)
+    name = {"constant": "constant_with_warmup"}.get(scheduler, scheduler)
+    schedule = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}

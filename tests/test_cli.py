@@ -1,0 +1,182 @@
+"""The CLI end to end on a tiny model: outputs, links, overrides, run directories, seeds, configs, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSIFICATION_CONFIGS = ["quickstart", "depression", "cancer", "medical_abstracts", "imdb"]
+
+
+def fit_args(config: str, data_dir: Path, model: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "fit", "--config", str(ROOT / "configs" / f"{config}.yaml"),
+        "--model.pretrained", str(model),
+        "--data.class_path", "ftl.data.classification.TextClassificationDataModule",
+        "--data.data_dir", str(data_dir),
+        "--data.max_length", "64",
+        "--data.batch_size", "8",
+        "--trainer.max_epochs", "2",
+        "--trainer.enable_progress_bar", "false",
+        "--run_dir", str(run_dir),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_data_dir, tiny_bert):
+    from tests.conftest import run_cli
+
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    run_cli(*fit_args("depression", tiny_data_dir, tiny_bert, run_dir, "--model.learning_rate", "3e-4"))
+    return run_dir
+
+
+def test_fit_writes_every_run_output(finished_run):
+    files = {p.name for p in finished_run.iterdir()}
+    assert {"config.yaml", "checkpoints", "metrics.csv", "metrics.json", "confusion_matrix.csv"} <= files
+    ckpts = sorted(p.name for p in (finished_run / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(name.startswith("best-") for name in ckpts)
+
+
+def test_metrics_json_has_the_test_keys_with_sane_values(finished_run, tiny_data_dir):
+    from ftl.data.synthetic import LABEL_NAMES
+
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    for key in ("test/loss", "test/accuracy", "test/f1_macro"):
+        assert key in metrics
+    for name in LABEL_NAMES:
+        for kind in ("precision", "recall", "f1"):
+            assert 0.0 <= metrics[f"test/{kind}/{name}"] <= 1.0
+    # the confusion matrix agrees with accuracy: diagonal / total
+    rows = (finished_run / "confusion_matrix.csv").read_text().strip().splitlines()[1:]
+    matrix = [[int(v) for v in row.split(",")[1:]] for row in rows]
+    total = sum(map(sum, matrix))
+    assert total == 32
+    assert metrics["test/accuracy"] == pytest.approx(sum(matrix[i][i] for i in range(len(matrix))) / total)
+
+
+def test_config_records_links_and_overrides(finished_run, tiny_bert):
+    from ftl.data.synthetic import LABEL_NAMES
+
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    assert config["model"]["init_args"]["learning_rate"] == pytest.approx(3e-4)
+    assert config["model"]["init_args"]["pretrained"] == str(tiny_bert)
+    # linked values are derived, not repeated: re-running config.yaml re-links them
+    assert "tokenizer" not in config["data"]["init_args"]
+    assert "num_labels" not in config["model"]["init_args"]
+    assert config["seed_everything"] == 42
+    ckpt = next((finished_run / "checkpoints").glob("best-*.ckpt"))
+    import torch
+
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hparams["num_labels"] == len(LABEL_NAMES)
+    assert list(hparams["label_names"]) == LABEL_NAMES
+
+
+def test_runs_never_share_a_directory(tmp_path, tiny_data_dir, tiny_bert, cli):
+    root = tmp_path / "runs"
+    args = fit_args("depression", tiny_data_dir, tiny_bert, tmp_path / "unused", "--trainer.max_epochs", "1",
+                    "--test_after_fit", "false")
+    args = args[: args.index("--run_dir")] + ["--runs_root", str(root), "--trainer.max_epochs", "1"]
+    cli(*args)
+    first = sorted((root / "depression").iterdir())
+    assert len(first) == 1
+    snapshot = {p: p.read_bytes() for p in first[0].rglob("*") if p.is_file()}
+    cli(*args)
+    runs = sorted((root / "depression").iterdir())
+    assert len(runs) == 2
+    assert all(p.read_bytes() == content for p, content in snapshot.items()), "second run touched the first"
+
+
+def test_explicit_run_dir_is_not_reused(finished_run, tiny_data_dir, tiny_bert, cli, capsys):
+    before = (finished_run / "metrics.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        cli(*fit_args("depression", tiny_data_dir, tiny_bert, finished_run))
+    assert exit_info.value.code == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (finished_run / "metrics.json").read_bytes() == before
+
+
+def test_same_seed_same_metrics(tmp_path, tiny_data_dir, tiny_bert, cli):
+    results = []
+    for name in ("a", "b", "c"):
+        extra = ("--seed_everything", "7") if name != "c" else ("--seed_everything", "8")
+        cli(*fit_args("depression", tiny_data_dir, tiny_bert, tmp_path / name, "--trainer.max_epochs", "1",
+                      "--model.learning_rate", "1e-3", *extra))
+        results.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    assert results[0] == results[1]
+    assert results[0]["test/loss"] != results[2]["test/loss"]
+
+
+@pytest.mark.parametrize("config", CLASSIFICATION_CONFIGS)
+def test_every_config_parses_and_runs_fast_dev_run(config, tmp_path, tiny_data_dir, tiny_binary_dir, tiny_bert,
+                                                   cli):
+    """Each config with its own data module; only the source (and size) is swapped for a tiny fixture."""
+    data = {"quickstart": None, "medical_abstracts": tiny_data_dir}.get(config, tiny_binary_dir)
+    args = ["fit", "--config", str(ROOT / "configs" / f"{config}.yaml"), "--model.pretrained", str(tiny_bert),
+            "--trainer.fast_dev_run", "true", "--run_dir", str(tmp_path / "run")]
+    if data is None:
+        args += ["--data.n_train", "40", "--data.n_val", "20", "--data.n_test", "20", "--data.max_length", "64"]
+    else:
+        args += ["--data.data_dir", str(data), "--data.dataset", "null"]
+    cli(*args)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/accuracy"] <= 1.0
+    assert (tmp_path / "run" / "confusion_matrix.csv").exists()
+
+
+def test_validate_and_test_subcommands_from_a_checkpoint(finished_run, tmp_path, tiny_data_dir, tiny_bert, cli):
+    ckpt = finished_run / "checkpoints" / "last.ckpt"
+    common = ["--config", str(ROOT / "configs" / "depression.yaml"), "--model.pretrained", str(tiny_bert),
+              "--data.class_path", "ftl.data.classification.TextClassificationDataModule",
+              "--data.data_dir", str(tiny_data_dir), "--data.max_length", "64", "--ckpt_path", str(ckpt)]
+    cli("test", *common, "--run_dir", str(tmp_path / "t"))
+    cli("validate", *common, "--run_dir", str(tmp_path / "v"))
+    test_metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert set(test_metrics) >= {"test/accuracy", "test/loss"}
+    assert "val/accuracy" in json.loads((tmp_path / "v" / "metrics.json").read_text())
+
+
+# ---------------------------------------------------------------------- bad input through the CLI
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (["--data.data_dir", "/no/such/folder"], "does not exist"),
+        (["--data.text_column", "body"], "column 'body'"),
+        (["--data.max_length", "4096"], "above the model's limit"),
+        (["--model.pretrained", "no-such-alias-xyz"], "not an offline alias"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_run_dir(override, expected, tmp_path, tiny_data_dir, tiny_bert,
+                                                    cli, capsys):
+    args = fit_args("depression", tiny_data_dir, tiny_bert, tmp_path / "run", *override)
+    with pytest.raises(SystemExit) as exit_info:
+        cli(*args)
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ftl: error:")]
+    assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_malformed_yaml_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  class_path: [unclosed\n")
+    proc = subprocess.run([sys.executable, "-m", "ftl", "fit", "--config", str(bad)], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "bad.yaml" in proc.stderr or "config" in proc.stderr.lower()
+
+
+def test_python_dash_m_help_lists_subcommands():
+    proc = subprocess.run([sys.executable, "-m", "ftl", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for sub in ("fit", "validate", "test", "predict"):
+        assert sub in proc.stdout
