@@ -52,7 +52,8 @@ class RunOutputs(L.Callback):
         names = getattr(pl_module, "label_names", None)
         if trainer.is_global_zero and matrix is not None and names:
             rows = ["true\\pred," + ",".join(names)]
-            rows += [f"{name}," + ",".join(str(int(v)) for v in row) for name, row in zip(names, matrix.tolist())]
+            for name, row in zip(names, matrix.tolist(), strict=True):
+                rows.append(f"{name}," + ",".join(str(int(v)) for v in row))
             (self._run_dir(trainer) / "confusion_matrix.csv").write_text("\n".join(rows) + "\n")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

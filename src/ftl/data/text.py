@@ -48,7 +48,9 @@ def find_split_files(data_dir: str | os.PathLike) -> dict[str, str]:
     """Map split name -> file in `data_dir` (`train.csv`, `validation.jsonl`, `test.parquet`, ...)."""
     folder = Path(data_dir).expanduser()
     if not folder.is_dir():
-        raise FTLError(f"data_dir '{data_dir}' does not exist or is not a folder: pass a folder with train/val/test files")
+        raise FTLError(
+            f"data_dir '{data_dir}' does not exist or is not a folder: pass a folder with train/val/test files"
+        )
     files: dict[str, str] = {}
     for split, aliases in _SPLIT_ALIASES.items():
         for path in sorted(folder.iterdir()):
@@ -191,7 +193,9 @@ class TextDataModule(L.LightningDataModule):
                 empty = re.search(r'Instruction "(\w+)" corresponds to no data', first)
                 if empty and empty.group(1) in files:
                     split = empty.group(1)
-                    raise FTLError(f"the {split} split is empty ('{files[split]}' has no rows): add rows or remove it") from err
+                    raise FTLError(
+                        f"the {split} split is empty ('{files[split]}' has no rows): add rows or remove it"
+                    ) from err
                 raise FTLError(f"could not read data files {list(files.values())}: {first}") from err
         else:
             # `datasets` >= 4 runs no loading scripts, so there is no remote code to trust here.
