@@ -83,8 +83,9 @@ def tiny_bert(tmp_path_factory, tiny_data_dir) -> Path:
     vocab = SPECIAL + _words(texts) + [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab += [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
     vocab = list(dict.fromkeys(vocab))
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=512)
+    # transformers 5 ignores `vocab_file=` here (every token would be [UNK]): pass the vocab itself.
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=512)
+    assert tokenizer.unk_token_id not in tokenizer("patient reports chest pain")["input_ids"]
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=512,

@@ -176,11 +176,22 @@ def _configure_environment() -> None:
     warnings.filterwarnings("ignore", message=".*`isinstance.treespec, LeafSpec.` is deprecated.*")
 
 
+# Subcommands beyond Lightning's fit/validate/test/predict: "module:function" taking the remaining argv.
+EXTRA_COMMANDS: dict[str, str] = {}
+
+
 def main(args: Any = None) -> None:
     """Entry point of `ftl` and `python -m ftl`; user errors print one line and exit with status 2."""
     _configure_environment()
+    argv = list(sys.argv[1:] if args is None else args)
     try:
-        FTLCLI(args=args)
+        if argv and argv[0] in EXTRA_COMMANDS:
+            import importlib
+
+            module, function = EXTRA_COMMANDS[argv[0]].split(":")
+            getattr(importlib.import_module(module), function)(argv[1:])
+        else:
+            FTLCLI(args=argv)
     except Exception as err:
         user_error = find_user_error(err)
         if user_error is None:

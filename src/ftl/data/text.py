@@ -44,6 +44,17 @@ def _builder_for(paths: Sequence[str]) -> str:
     return builders.pop()
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A cheap, content-based id of a tokenizer: its full JSON spec for fast tokenizers."""
+    from datasets.fingerprint import Hasher
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # slow tokenizer: let datasets hash it (slower, still correct)
+        return Hasher.hash(tokenizer)
+    spec = backend.to_str() + repr(sorted(tokenizer.special_tokens_map.items())) + tokenizer.truncation_side
+    return hashlib.sha256(spec.encode()).hexdigest()
+
+
 def find_split_files(data_dir: str | os.PathLike) -> dict[str, str]:
     """Map split name -> file in `data_dir` (`train.csv`, `validation.jsonl`, `test.parquet`, ...)."""
     folder = Path(data_dir).expanduser()
@@ -109,12 +120,23 @@ class TextDataModule(L.LightningDataModule):
         self.trust_remote_code = trust_remote_code
         self._raw = None
         self._tokenizer = None
+        self._cache_keys: dict[str, str] = {}
         self.datasets: dict[str, Any] = {}
         if not (dataset or data_dir or data_files):
             raise FTLError("no data source: set data.dataset (hub id), data.data_dir (folder) or data.data_files")
         for name in ("batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise FTLError(f"data.{name} must be a positive integer, got {getattr(self, name)}")
+
+    # ---------------------------------------------------------------- linked into the model by the CLI
+    @property
+    def num_labels(self) -> int | None:
+        """Classes in the data (None for tasks without labels, e.g. causal LM)."""
+        return None
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return None
 
     # ---------------------------------------------------------------- hooks for subclasses
     def required_columns(self) -> list[str]:
@@ -285,30 +307,37 @@ class TextDataModule(L.LightningDataModule):
         return datasets.DatasetDict(out)
 
     # ---------------------------------------------------------------- tokenization
-    def _cache_file(self, split: str, ds) -> str:
-        """Cache key: data fingerprint + tokenizer + max_length + this class's tokenization settings."""
-        from datasets.fingerprint import Hasher
+    def _cache_key(self, split: str) -> str:
+        """Data fingerprint + tokenizer + max_length + this class's settings: what the tokenized split depends on.
 
-        key = Hasher.hash(
-            [ds._fingerprint, Hasher.hash(self.tokenizer), self.max_length, type(self).__qualname__,
-             self.tokenization_settings()]
-        )
-        folder = self.cache_dir / "tokenized"
-        folder.mkdir(parents=True, exist_ok=True)
-        return str(folder / f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.arrow")
+        Passed to `map` as the new fingerprint, so `datasets` does not pickle-hash the transform (and with it
+        this whole data module), which cost tens of seconds per run.
+        """
+        if split not in self._cache_keys:
+            from datasets.fingerprint import Hasher
+
+            parts = [self.raw[split]._fingerprint, tokenizer_fingerprint(self.tokenizer), self.max_length,
+                     type(self).__qualname__, self.tokenization_settings()]
+            self._cache_keys[split] = Hasher.hash(parts)
+        return self._cache_keys[split]
 
     def tokenization_settings(self) -> dict[str, Any]:
         """Anything besides tokenizer and max_length that changes tokenized output (part of the cache key)."""
         return {}
 
     def tokenize_split(self, split: str):
+        """The tokenized split, read from the on-disk cache when this exact tokenization was done before."""
         ds = self.raw[split]
+        key = self._cache_key(split)
+        folder = self.cache_dir / "tokenized"
+        folder.mkdir(parents=True, exist_ok=True)
         return ds.map(
             self._tokenize_batch,
             batched=True,
             remove_columns=ds.column_names,
-            cache_file_name=self._cache_file(split, ds),
+            cache_file_name=str(folder / f"{split}-{key}.arrow"),
             load_from_cache_file=True,
+            new_fingerprint=key,
             desc=f"tokenizing {split}",
         )
 

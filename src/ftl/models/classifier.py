@@ -78,7 +78,9 @@ class SequenceClassifier(L.LightningModule):
             raise ValueError(f"{len(label_names)} label_names for num_labels={num_labels}")
         self.label_names = list(label_names) if label_names else [str(i) for i in range(num_labels)]
         self.save_hyperparameters()
-        self.model = self._load_model()
+        # from_pretrained returns eval mode, and Lightning keeps each submodule's mode: without this,
+        # dropout would be off during training (HF Trainer calls model.train() for the same reason).
+        self.model = self._load_model().train()
         metrics = classification_metrics(num_labels)
         # One attribute per stage (a ModuleDict cannot hold the key "train": nn.Module.train exists).
         self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone() for _ in STAGES)

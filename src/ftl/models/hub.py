@@ -213,10 +213,11 @@ def _check_same_logits(reference: PreTrainedModel, folder: Path, tokenizer: PreT
 def _convert_gguf(gguf_file: Path, out_dir: Path) -> None:
     """Write a float32 Hugging Face folder (model + tokenizer) equivalent to ``gguf_file`` into ``out_dir``.
 
-    A GGUF-loaded model keeps a GGUF quantizer that ``save_pretrained`` refuses ("not serializable"), so the
-    (dequantized) weights are copied into a fresh model built from the same config minus its
-    ``quantization_config``, and that one is saved. The saved folder is reloaded and must reproduce the
-    GGUF model's logits before it is accepted.
+    A plain GGUF load keeps a GGUF quantizer that ``save_pretrained`` refuses ("not serializable") even when
+    the weights are already dense; ``GgufConfig(dequantize=True)`` avoids that in transformers 5.23, but
+    whatever the version does, copying the weights into a fresh float32 model built from the same config
+    minus its ``quantization_config`` gives a plain model to save. The saved folder is reloaded and must
+    reproduce the GGUF model's logits before it is accepted.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
