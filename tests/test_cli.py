@@ -180,3 +180,23 @@ def test_python_dash_m_help_lists_subcommands():
     assert proc.returncode == 0
     for sub in ("fit", "validate", "test", "predict"):
         assert sub in proc.stdout
+
+
+def test_predict_writes_a_csv_of_labels_and_probabilities(finished_run, tmp_path, tiny_data_dir, tiny_bert, cli):
+    import csv
+
+    from ftl.data.synthetic import LABEL_NAMES
+
+    questions = tmp_path / "notes.txt"
+    questions.write_text("patient reports chest pain for two weeks\n\nshe denies cough and has a tremor\n")
+    cli("predict", "--config", str(ROOT / "configs" / "depression.yaml"), "--model.pretrained", str(tiny_bert),
+        "--data.class_path", "ftl.data.classification.TextClassificationDataModule",
+        "--data.data_dir", str(tiny_data_dir), "--data.predict_file", str(questions),
+        "--ckpt_path", str(finished_run / "checkpoints" / "last.ckpt"), "--run_dir", str(tmp_path / "p"))
+    with open(tmp_path / "p" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["text"] for r in rows] == ["patient reports chest pain for two weeks", "she denies cough and has a tremor"]
+    for row in rows:
+        probs = {name: float(row[f"prob_{name}"]) for name in LABEL_NAMES}
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
+        assert row["predicted_label"] == max(probs, key=probs.get)

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 
 
 def _scalar(value: Any) -> float | None:
@@ -59,3 +60,34 @@ class RunOutputs(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "validate":
             self._save_metrics(trainer, "val/")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes `predict_step`'s records (one dict per input) beside the inputs to `predictions.csv` or `.jsonl`.
+
+    The module chooses the format with a `prediction_format` attribute ("csv" or "jsonl"); the data module
+    supplies the inputs in the same order through `predict_inputs()`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="epoch")
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        if not trainer.is_global_zero or not predictions:
+            return
+        records = [record for batch in predictions for record in batch]
+        datamodule = trainer.datamodule
+        inputs = datamodule.predict_inputs() if hasattr(datamodule, "predict_inputs") else [{}] * len(records)
+        rows = [{**inp, **rec} for inp, rec in zip(inputs, records, strict=True)]
+        fmt = getattr(pl_module, "prediction_format", "jsonl")
+        path = Path(trainer.default_root_dir) / f"predictions.{fmt}"
+        if fmt == "csv":
+            import csv
+
+            with open(path, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        print(f"ftl: wrote {len(rows)} predictions to {path}")

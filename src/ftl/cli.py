@@ -20,7 +20,7 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from ftl.callbacks import RunOutputs
+from ftl.callbacks import PredictionWriter, RunOutputs
 from ftl.errors import FTLError
 
 _CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
@@ -40,7 +40,7 @@ class FTLCLI(LightningCLI):
             subclass_mode_data=True,
             seed_everything_default=42,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [RunOutputs()]},
+            trainer_defaults={"callbacks": [RunOutputs(), PredictionWriter()]},
             auto_configure_optimizers=False,
             args=args,
             run=run,

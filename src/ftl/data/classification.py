@@ -136,7 +136,8 @@ class TextClassificationDataModule(TextDataModule):
     def _tokenize_batch(self, batch: dict[str, list]) -> dict[str, list]:
         texts = ["" if t is None else str(t) for t in batch[self.text_column]]
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        encoded["labels"] = batch["labels"]
+        if "labels" in batch:  # prediction inputs have none
+            encoded["labels"] = batch["labels"]
         return encoded
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:

@@ -101,6 +101,7 @@ class TextDataModule(L.LightningDataModule):
         seed: int = 42,
         cache_dir: str | None = None,
         trust_remote_code: bool = False,
+        predict_file: str | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -118,7 +119,9 @@ class TextDataModule(L.LightningDataModule):
         self.seed = seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else ftl_cache_dir() / "datasets"
         self.trust_remote_code = trust_remote_code
+        self.predict_file = predict_file
         self._raw = None
+        self._predict_raw = None
         self._tokenizer = None
         self._cache_keys: dict[str, str] = {}
         self.datasets: dict[str, Any] = {}
@@ -142,6 +145,10 @@ class TextDataModule(L.LightningDataModule):
     def required_columns(self) -> list[str]:
         """Columns every split must have."""
         return []
+
+    def input_columns(self) -> list[str]:
+        """Columns a prediction needs (the model's inputs, no labels); they are also copied into predictions."""
+        return self.required_columns()[:1]
 
     def stratify_column(self) -> str | None:
         """Column to stratify generated splits by (None: plain seeded split)."""
@@ -316,7 +323,7 @@ class TextDataModule(L.LightningDataModule):
         if split not in self._cache_keys:
             from datasets.fingerprint import Hasher
 
-            parts = [self.raw[split]._fingerprint, tokenizer_fingerprint(self.tokenizer), self.max_length,
+            parts = [self._split_data(split)._fingerprint, tokenizer_fingerprint(self.tokenizer), self.max_length,
                      type(self).__qualname__, self.tokenization_settings()]
             self._cache_keys[split] = Hasher.hash(parts)
         return self._cache_keys[split]
@@ -325,9 +332,49 @@ class TextDataModule(L.LightningDataModule):
         """Anything besides tokenizer and max_length that changes tokenized output (part of the cache key)."""
         return {}
 
+    @property
+    def predict_raw(self):
+        """Rows to predict: `predict_file` (csv/jsonl/parquet, or .txt with one input per line), else the test split."""
+        if self._predict_raw is None:
+            if not self.predict_file:
+                if "test" not in self.raw:
+                    raise FTLError("nothing to predict: set data.predict_file or provide a test split")
+                self._predict_raw = self.raw["test"]
+            else:
+                self._predict_raw = self._load_predict_file(self.predict_file)
+        return self._predict_raw
+
+    def _load_predict_file(self, path_str: str):
+        import datasets
+
+        path = Path(path_str).expanduser()
+        if not path.is_file():
+            raise FTLError(f"predict_file '{path_str}' not found: check the path")
+        columns = self.input_columns()
+        if path.suffix.lower() == ".txt":
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            ds = datasets.Dataset.from_dict({columns[0]: lines})
+        else:
+            ds = datasets.load_dataset(_builder_for([str(path)]), data_files=str(path), split="train",
+                                       cache_dir=str(self.cache_dir / "raw"))
+        for name in columns:
+            if name not in ds.column_names:
+                raise column_error("input", name, "predict", ds.column_names, "the matching data.*_column")
+        if len(ds) == 0:
+            raise FTLError(f"predict_file '{path_str}' has no rows: add inputs")
+        return ds
+
+    def predict_inputs(self) -> list[dict[str, Any]]:
+        """The input columns of every predict row, in order, to stand beside the predictions."""
+        ds = self.predict_raw.select_columns(self.input_columns())
+        return ds.to_list()
+
+    def _split_data(self, split: str):
+        return self.predict_raw if split == "predict" else self.raw[split]
+
     def tokenize_split(self, split: str):
         """The tokenized split, read from the on-disk cache when this exact tokenization was done before."""
-        ds = self.raw[split]
+        ds = self._split_data(split)
         key = self._cache_key(split)
         folder = self.cache_dir / "tokenized"
         folder.mkdir(parents=True, exist_ok=True)
@@ -347,8 +394,10 @@ class TextDataModule(L.LightningDataModule):
             self.tokenize_split(split)
 
     def setup(self, stage: str | None = None) -> None:
-        if not self.datasets:
-            self.datasets = {split: self.tokenize_split(split) for split in self.raw}
+        if stage == "predict":
+            self.datasets["predict"] = self.tokenize_split("predict")
+        elif not set(self.raw) <= set(self.datasets):
+            self.datasets.update({split: self.tokenize_split(split) for split in self.raw})
 
     def has_split(self, split: str) -> bool:
         return split in self.raw
@@ -376,7 +425,7 @@ class TextDataModule(L.LightningDataModule):
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+        return self._loader("predict", self.eval_batch_size, shuffle=False)
 
 
 def column_error(kind: str, name: str, split: str, present: Sequence[str], option: str) -> FTLError:

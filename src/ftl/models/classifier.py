@@ -139,9 +139,19 @@ class SequenceClassifier(L.LightningModule):
         self.test_confusion.update(logits, batch["labels"])
         self.test_outputs.append({"probs": logits.float().softmax(-1).cpu(), "labels": batch["labels"].cpu()})
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        probs = self(batch).float().softmax(-1)
-        return {"probs": probs, "pred": probs.argmax(-1)}
+    # PredictionWriter (ftl.callbacks) writes predict_step's records beside the inputs, as CSV.
+    prediction_format = "csv"
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
+        """One record per input: the predicted label name and the probability of every label."""
+        probs = self(batch).float().softmax(-1).cpu()
+        records = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            record: dict[str, Any] = {"predicted_label": self.label_names[best]}
+            record.update({f"prob_{name}": round(p, 6) for name, p in zip(self.label_names, row, strict=True)})
+            records.append(record)
+        return records
 
     # ------------------------------------------------------------------ epoch-end metrics
     def _log_epoch_metrics(self, stage: str) -> None:
