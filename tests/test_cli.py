@@ -187,16 +187,29 @@ def test_predict_writes_a_csv_of_labels_and_probabilities(finished_run, tmp_path
 
     from ftl.data.synthetic import LABEL_NAMES
 
+    texts = ["patient reports chest pain for two weeks, worse at night, with shortness of breath and swelling",
+             "she denies cough", "tremor in the right hand for three months"]
     questions = tmp_path / "notes.txt"
-    questions.write_text("patient reports chest pain for two weeks\n\nshe denies cough and has a tremor\n")
+    questions.write_text(texts[0] + "\n\n" + texts[1] + "\n" + texts[2] + "\n")
+    ckpt = finished_run / "checkpoints" / "last.ckpt"
     cli("predict", "--config", str(ROOT / "configs" / "depression.yaml"), "--model.pretrained", str(tiny_bert),
         "--data.class_path", "ftl.data.classification.TextClassificationDataModule",
-        "--data.data_dir", str(tiny_data_dir), "--data.predict_file", str(questions),
-        "--ckpt_path", str(finished_run / "checkpoints" / "last.ckpt"), "--run_dir", str(tmp_path / "p"))
+        "--data.data_dir", str(tiny_data_dir), "--data.predict_file", str(questions), "--data.eval_batch_size", "2",
+        "--ckpt_path", str(ckpt), "--run_dir", str(tmp_path / "p"))
     with open(tmp_path / "p" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["text"] for r in rows] == ["patient reports chest pain for two weeks", "she denies cough and has a tremor"]
-    for row in rows:
-        probs = {name: float(row[f"prob_{name}"]) for name in LABEL_NAMES}
-        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
-        assert row["predicted_label"] == max(probs, key=probs.get)
+    assert [r["text"] for r in rows] == texts
+    # each row's probabilities are that text's own (evaluation is length-sorted, outputs restored to file order)
+    import torch
+    from transformers import AutoTokenizer
+
+    from ftl.models.classifier import SequenceClassifier
+
+    module = SequenceClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    for text, row in zip(texts, rows, strict=True):
+        with torch.no_grad():
+            expected = module(dict(tokenizer([text], return_tensors="pt"))).softmax(-1)[0].tolist()
+        probs = [float(row[f"prob_{name}"]) for name in LABEL_NAMES]
+        assert probs == pytest.approx(expected, abs=1e-4)
+        assert row["predicted_label"] == LABEL_NAMES[max(range(len(probs)), key=probs.__getitem__)]

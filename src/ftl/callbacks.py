@@ -62,6 +62,14 @@ class RunOutputs(L.Callback):
             self._save_metrics(trainer, "val/")
 
 
+def _dataset_indices(batch_indices: Any, n_batches: int) -> list[int]:
+    """Flatten Lightning's per-batch sampler indices (one dataloader) into one list."""
+    per_loader = batch_indices[0] if batch_indices else []
+    if per_loader and isinstance(per_loader[-1], list) and per_loader[-1] and isinstance(per_loader[-1][0], list):
+        per_loader = per_loader[-1]  # Lightning stores references to its growing list of seen batches
+    return [int(i) for batch in per_loader[:n_batches] for i in batch]
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes `predict_step`'s records (one dict per input) beside the inputs to `predictions.csv` or `.jsonl`.
 
@@ -76,6 +84,12 @@ class PredictionWriter(BasePredictionWriter):
         if not trainer.is_global_zero or not predictions:
             return
         records = [record for batch in predictions for record in batch]
+        order = _dataset_indices(batch_indices, len(predictions))
+        if len(order) == len(records):  # evaluation batches are sorted by length: put rows back in data order
+            restored: list[Any] = [None] * len(records)
+            for position, record in zip(order, records, strict=True):
+                restored[position] = record
+            records = restored
         datamodule = trainer.datamodule
         inputs = datamodule.predict_inputs() if hasattr(datamodule, "predict_inputs") else [{}] * len(records)
         rows = [{**inp, **rec} for inp, rec in zip(inputs, records, strict=True)]

@@ -32,6 +32,8 @@ class TextClassificationDataModule(TextDataModule):
         self.label_column = label_column
         self._label_names = list(label_names) if label_names else None
 
+    carry_row_index = True  # the classifier restores the data's order in test outputs
+
     # ------------------------------------------------------------------ labels (linked into the model)
     @property
     def label_names(self) -> list[str]:

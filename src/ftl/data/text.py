@@ -102,6 +102,9 @@ class TextDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         trust_remote_code: bool = False,
         predict_file: str | None = None,
+        group_by_length: bool = True,
+        group_batches: int = 16,
+        sort_eval_by_length: bool = True,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -120,6 +123,9 @@ class TextDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else ftl_cache_dir() / "datasets"
         self.trust_remote_code = trust_remote_code
         self.predict_file = predict_file
+        self.group_by_length = group_by_length
+        self.group_batches = group_batches
+        self.sort_eval_by_length = sort_eval_by_length
         self._raw = None
         self._predict_raw = None
         self._tokenizer = None
@@ -372,13 +378,17 @@ class TextDataModule(L.LightningDataModule):
     def _split_data(self, split: str):
         return self.predict_raw if split == "predict" else self.raw[split]
 
+    # Subclasses whose modules must restore the data's order after length-sorted evaluation set this:
+    # every tokenized row then carries its position as `row_idx`.
+    carry_row_index = False
+
     def tokenize_split(self, split: str):
         """The tokenized split, read from the on-disk cache when this exact tokenization was done before."""
         ds = self._split_data(split)
         key = self._cache_key(split)
         folder = self.cache_dir / "tokenized"
         folder.mkdir(parents=True, exist_ok=True)
-        return ds.map(
+        tokenized = ds.map(
             self._tokenize_batch,
             batched=True,
             remove_columns=ds.column_names,
@@ -387,6 +397,9 @@ class TextDataModule(L.LightningDataModule):
             new_fingerprint=key,
             desc=f"tokenizing {split}",
         )
+        if self.carry_row_index:
+            tokenized = tokenized.add_column("row_idx", list(range(len(tokenized))))
+        return tokenized
 
     def prepare_data(self) -> None:
         """Tokenize every split once on rank 0; later runs and other ranks read the cache."""
@@ -404,12 +417,24 @@ class TextDataModule(L.LightningDataModule):
 
     # ---------------------------------------------------------------- loaders
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        """Training batches are grouped by length (seeded, see `sampling`), evaluation batches sorted by it:
+        with dynamic padding this removes most padding, the main cost of CPU fine-tuning."""
+        from ftl.data.sampling import LengthGroupedSampler, SortedSampler, sequence_lengths
+
         if split not in self.datasets:
             raise FTLError(f"there is no {split} split: provide a {split} file or let ftl split train")
+        dataset = self.datasets[split]
+        sampler = None
+        if shuffle and self.group_by_length:
+            sampler = LengthGroupedSampler(sequence_lengths(dataset), batch_size, self.group_batches, self.seed)
+            shuffle = False
+        elif not shuffle and self.sort_eval_by_length:
+            sampler = SortedSampler(sequence_lengths(dataset))
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

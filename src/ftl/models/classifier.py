@@ -52,6 +52,17 @@ def flatten_metrics(stage: str, values: dict[str, torch.Tensor], label_names: li
     return out
 
 
+def restore_order(outputs: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """One output dict with rows back in the data's order (evaluation batches are sorted by length)."""
+    if not outputs:
+        return outputs
+    merged = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
+    if "row_idx" in merged:
+        order = merged.pop("row_idx").argsort()
+        merged = {key: value[order] for key, value in merged.items()}
+    return [merged]
+
+
 class SequenceClassifier(L.LightningModule):
     """Fine-tunes a pretrained encoder with a fresh classification head.
 
@@ -112,7 +123,7 @@ class SequenceClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ forward and loss
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "row_idx")}
         return self.model(**inputs).logits
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -137,7 +148,10 @@ class SequenceClassifier(L.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         _, logits = self._step(batch, "test")
         self.test_confusion.update(logits, batch["labels"])
-        self.test_outputs.append({"probs": logits.float().softmax(-1).cpu(), "labels": batch["labels"].cpu()})
+        output = {"probs": logits.float().softmax(-1).cpu(), "labels": batch["labels"].cpu()}
+        if "row_idx" in batch:
+            output["row_idx"] = batch["row_idx"].cpu()
+        self.test_outputs.append(output)
 
     # PredictionWriter (ftl.callbacks) writes predict_step's records beside the inputs, as CSV.
     prediction_format = "csv"
@@ -172,6 +186,7 @@ class SequenceClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
+        self.test_outputs = restore_order(self.test_outputs)
         self.confusion_matrix = self.test_confusion.compute().cpu()
 
     # ------------------------------------------------------------------ optimisation
