@@ -174,3 +174,33 @@ def test_max_length_above_model_limit(tiny_data_dir, tiny_bert):
     with pytest.raises(FTLError) as err:
         dm.prepare_data()
     assert "above the model's limit of 512" in one_line(err)
+
+
+def test_other_layouts_sharded_subfolders_tsv_and_save_to_disk(tmp_path, tiny_bert):
+    import datasets
+
+    rows = labelled_rows(40, ["yes", "no"])
+    # sharded files in the Hub's data/ layout
+    write_csv(tmp_path / "hub" / "data" / "train-00000-of-00002.csv", rows[:20])
+    write_csv(tmp_path / "hub" / "data" / "train-00001-of-00002.csv", rows[20:])
+    write_csv(tmp_path / "hub" / "data" / "validation-00000-of-00001.csv", rows[:10])
+    dm = make_dm(tiny_bert, data_dir=str(tmp_path / "hub"))
+    assert len(dm.raw["train"]) + len(dm.raw["test"]) == 40 and len(dm.raw["val"]) == 10
+    # split sub-folders and tab-separated files
+    for split, part in (("train", rows), ("test", rows[:8])):
+        folder = tmp_path / "tsv" / split
+        folder.mkdir(parents=True)
+        (folder / "part.tsv").write_text("text\tlabel\n" + "".join(f"{r['text']}\t{r['label']}\n" for r in part))
+    dm = make_dm(tiny_bert, data_dir=str(tmp_path / "tsv"))
+    assert dm.label_names == ["no", "yes"] and len(dm.raw["test"]) == 8
+    # a folder written by DatasetDict.save_to_disk
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "disk"))
+    dm = make_dm(tiny_bert, data_dir=str(tmp_path / "disk"))
+    assert sum(len(ds) for ds in dm.raw.values()) == 40
+
+
+def test_float_labels_from_a_csv_with_gaps_are_ints(tmp_path, tiny_bert):
+    rows = [{"text": f"row {i}", "label": float(i % 2), "extra": "" if i % 3 else "x"} for i in range(30)]
+    write_csv(tmp_path / "d" / "train.csv", rows)
+    dm = make_dm(tiny_bert, data_dir=str(tmp_path / "d"))
+    assert dm.label_names == ["0", "1"]

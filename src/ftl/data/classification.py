@@ -104,6 +104,8 @@ class TextClassificationDataModule(TextDataModule):
                     f"label '{value}' in the {split} split is not in label_names {list(index)}: "
                     "add it to data.label_names or fix the data"
                 )
+        if isinstance(value, float) and value.is_integer():  # CSV columns with a gap are read as floats
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise FTLError(f"label {value!r} in the {split} split is neither an int nor a string: fix the data")
         if not 0 <= value < len(index):

@@ -34,14 +34,28 @@ def ftl_cache_dir() -> Path:
     return Path(os.environ.get("FTL_CACHE", Path.home() / ".cache" / "ftl")).expanduser()
 
 
-def _builder_for(paths: Sequence[str]) -> str:
+def _builder_for(paths: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """The `datasets` builder (and its options) that reads these files."""
     suffixes = {Path(p).suffix.lower() for p in paths}
     builders = {_EXTENSIONS.get(s) for s in suffixes}
     if None in builders or len(builders) != 1:
         raise FTLError(
             f"cannot read data files with suffixes {sorted(suffixes)}: use .csv, .tsv, .jsonl/.json or .parquet files"
         )
-    return builders.pop()
+    options = {"delimiter": "\t"} if suffixes == {".tsv"} else {}
+    return builders.pop(), options
+
+
+def _has_rows(path: Path) -> bool:
+    """Cheap emptiness check before `datasets` turns an empty file into an obscure error."""
+    if path.suffix.lower() == ".parquet":
+        return path.stat().st_size > 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = (line for line in f if line.strip())
+        first = next(lines, None)
+        if path.suffix.lower() in (".csv", ".tsv"):  # the first line is the header
+            return next(lines, None) is not None
+        return first is not None
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -51,23 +65,43 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:  # slow tokenizer: let datasets hash it (slower, still correct)
         return Hasher.hash(tokenizer)
-    spec = backend.to_str() + repr(sorted(tokenizer.special_tokens_map.items())) + tokenizer.truncation_side
-    return hashlib.sha256(spec.encode()).hexdigest()
+    import json
+
+    spec = json.loads(backend.to_str())
+    # Calling the tokenizer sets its truncation/padding state; that is not part of what it produces here.
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    text = json.dumps(spec, sort_keys=True) + repr(sorted(tokenizer.special_tokens_map.items()))
+    return hashlib.sha256((text + tokenizer.truncation_side).encode()).hexdigest()
 
 
-def find_split_files(data_dir: str | os.PathLike) -> dict[str, str]:
-    """Map split name -> file in `data_dir` (`train.csv`, `validation.jsonl`, `test.parquet`, ...)."""
+def _split_of(path: Path) -> str | None:
+    """`train.csv`, `validation.jsonl`, `train-00000-of-00002.parquet`, `dev_clean.tsv` -> the split name."""
+    stem = path.stem.lower()
+    for split, aliases in _SPLIT_ALIASES.items():
+        if any(stem == a or re.match(rf"{a}[-_.]", stem) for a in aliases):
+            return split
+    return None
+
+
+def find_split_files(data_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """Map split name -> its files in `data_dir`: `train.csv`, `validation.jsonl`, sharded
+    `train-00000-of-00002.parquet`, files inside `train/` sub-folders, and the Hub's `data/` layout."""
     folder = Path(data_dir).expanduser()
     if not folder.is_dir():
         raise FTLError(
             f"data_dir '{data_dir}' does not exist or is not a folder: pass a folder with train/val/test files"
         )
-    files: dict[str, str] = {}
-    for split, aliases in _SPLIT_ALIASES.items():
-        for path in sorted(folder.iterdir()):
-            if path.stem.lower() in aliases and path.suffix.lower() in _EXTENSIONS:
-                files[split] = str(path)
-                break
+    files: dict[str, list[str]] = {}
+    for base in (folder, folder / "data"):
+        if not base.is_dir() or files:
+            continue
+        for path in sorted(base.iterdir()):
+            if path.is_file() and path.suffix.lower() in _EXTENSIONS and (split := _split_of(path)):
+                files.setdefault(split, []).append(str(path))
+            elif path.is_dir() and (split := _split_of(Path(path.name + ".x"))):
+                inner = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in _EXTENSIONS)
+                files.setdefault(split, []).extend(inner)
     if "train" not in files:
         present = sorted(p.name for p in folder.iterdir())
         raise FTLError(
@@ -89,7 +123,7 @@ class TextDataModule(L.LightningDataModule):
         dataset: str | None = None,
         dataset_config: str | None = None,
         data_dir: str | None = None,
-        data_files: dict[str, str] | str | None = None,
+        data_files: dict[str, str | list[str]] | str | None = None,
         tokenizer: str | None = None,
         max_length: int = 256,
         batch_size: int = 16,
@@ -211,26 +245,25 @@ class TextDataModule(L.LightningDataModule):
 
         datasets.utils.logging.disable_progress_bar()
         cache = str(self.cache_dir / "raw")
-        if self.data_files or self.data_dir:
+        if self.data_dir and not self.data_files and (Path(self.data_dir).expanduser() / "dataset_dict.json").is_file():
+            loaded = datasets.load_from_disk(str(Path(self.data_dir).expanduser()))  # a `save_to_disk` folder
+        elif self.data_files or self.data_dir:
             files = self.data_files if self.data_files else find_split_files(self.data_dir)
             if isinstance(files, str):
                 files = {"train": files}
-            for split, path in files.items():
-                if not Path(path).expanduser().is_file():
-                    raise FTLError(f"data file for split '{split}' not found: '{path}': check the path")
-            builder = _builder_for(list(files.values()))
+            files = {split: [paths] if isinstance(paths, str) else list(paths) for split, paths in files.items()}
+            for split, paths in files.items():
+                for path in paths:
+                    if not Path(path).expanduser().is_file():
+                        raise FTLError(f"data file for split '{split}' not found: '{path}': check the path")
+                if not any(_has_rows(Path(p).expanduser()) for p in paths):
+                    raise FTLError(f"the {split} split is empty ({', '.join(paths)} has no rows): add rows or drop it")
+            builder, options = _builder_for([p for paths in files.values() for p in paths])
+            data_files = {k: [str(Path(p).expanduser()) for p in v] for k, v in files.items()}
             try:
-                loaded = datasets.load_dataset(
-                    builder, data_files={k: str(Path(v).expanduser()) for k, v in files.items()}, cache_dir=cache
-                )
+                loaded = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache, **options)
             except Exception as err:  # pyarrow/pandas parse errors are long; keep the first line
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                empty = re.search(r'Instruction "(\w+)" corresponds to no data', first)
-                if empty and empty.group(1) in files:
-                    split = empty.group(1)
-                    raise FTLError(
-                        f"the {split} split is empty ('{files[split]}' has no rows): add rows or remove it"
-                    ) from err
                 raise FTLError(f"could not read data files {list(files.values())}: {first}") from err
         else:
             # `datasets` >= 4 runs no loading scripts, so there is no remote code to trust here.
@@ -361,8 +394,9 @@ class TextDataModule(L.LightningDataModule):
             lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             ds = datasets.Dataset.from_dict({columns[0]: lines})
         else:
-            ds = datasets.load_dataset(_builder_for([str(path)]), data_files=str(path), split="train",
-                                       cache_dir=str(self.cache_dir / "raw"))
+            builder, options = _builder_for([str(path)])
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train",
+                                       cache_dir=str(self.cache_dir / "raw"), **options)
         for name in columns:
             if name not in ds.column_names:
                 raise column_error("input", name, "predict", ds.column_names, "the matching data.*_column")
