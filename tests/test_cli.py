@@ -213,3 +213,16 @@ def test_predict_writes_a_csv_of_labels_and_probabilities(finished_run, tmp_path
         probs = [float(row[f"prob_{name}"]) for name in LABEL_NAMES]
         assert probs == pytest.approx(expected, abs=1e-4)
         assert row["predicted_label"] == LABEL_NAMES[max(range(len(probs)), key=probs.__getitem__)]
+
+
+def test_quick_top_level_help_names_exactly_the_real_subcommands():
+    """`ftl --help` is answered without importing Lightning; it must stay true to the real CLI."""
+    import re
+
+    from ftl.__main__ import USAGE
+    from ftl.cli import EXTRA_COMMANDS, FTLCLI
+
+    listed = set(re.search(r"\{(.+?)\}", USAGE).group(1).split(","))
+    assert listed == set(FTLCLI.subcommands()) | set(EXTRA_COMMANDS)
+    for name in listed:
+        assert re.search(rf"^  {name} ", USAGE, re.M), name
