@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftl.data.text import TextDataModule, column_error
+from ftl.data.text import TextDataModule, column, column_error
 from ftl.errors import FTLError
 
 
@@ -47,7 +47,7 @@ class TextClassificationDataModule(TextDataModule):
     def label_counts(self, split: str = "train") -> list[int]:
         """Rows per label id in `split` (for class weights and reports)."""
         counts = [0] * self.num_labels
-        for label in self.raw[split]["labels"]:
+        for label in column(self.raw[split], "labels"):
             counts[label] += 1
         return counts
 
@@ -81,7 +81,7 @@ class TextClassificationDataModule(TextDataModule):
         for split, ds in raw.items():
             feature = ds.features[self.label_column]
             source_names = feature.names if isinstance(feature, datasets.ClassLabel) else None
-            values = ds[self.label_column]
+            values = column(ds, self.label_column)
             ids = [self._label_id(v, index, source_names, split) for v in values]
             keep = [c for c in ds.column_names if c not in ("labels",)]
             ds = ds.select_columns(keep).add_column("labels", ids)
@@ -122,7 +122,7 @@ class TextClassificationDataModule(TextDataModule):
         feature = train.features[self.label_column]
         if isinstance(feature, datasets.ClassLabel):
             return list(feature.names)
-        values = [v for ds in raw.values() for v in ds[self.label_column] if v is not None]
+        values = [v for ds in raw.values() for v in column(ds, self.label_column) if v is not None]
         if all(isinstance(v, str) for v in values):
             return sorted(set(values))
         ints = sorted({int(v) for v in values})
@@ -130,7 +130,7 @@ class TextClassificationDataModule(TextDataModule):
             pairs = {}
             for ds in raw.values():
                 if "label_name" in ds.column_names:
-                    pairs.update(zip(ds[self.label_column], ds["label_name"], strict=True))
+                    pairs.update(zip(column(ds, self.label_column), column(ds, "label_name"), strict=True))
             if set(pairs) == set(range(len(pairs))):
                 return [str(pairs[i]) for i in range(len(pairs))]
         if ints and ints[0] >= 0:
