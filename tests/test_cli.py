@@ -165,14 +165,17 @@ def test_bad_input_is_one_line_and_leaves_no_run_dir(override, expected, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-def test_malformed_yaml_is_a_clear_error(tmp_path):
+def test_malformed_yaml_is_a_clear_error(tmp_path, cli, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  class_path: [unclosed\n")
-    proc = subprocess.run([sys.executable, "-m", "ftl", "fit", "--config", str(bad)], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert "bad.yaml" in proc.stderr or "config" in proc.stderr.lower()
+    with pytest.raises(SystemExit) as exit_info:
+        cli("fit", "--config", str(bad))
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "bad.yaml' is not valid YAML at line 3" in err[0], err
+    with pytest.raises(SystemExit):
+        cli("fit", "--config", str(tmp_path / "missing.yaml"))
+    assert "missing.yaml' not found" in capsys.readouterr().err
 
 
 def test_python_dash_m_help_lists_subcommands():

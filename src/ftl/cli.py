@@ -191,6 +191,7 @@ def main(args: Any = None) -> None:
             module, function = EXTRA_COMMANDS[argv[0]].split(":")
             getattr(importlib.import_module(module), function)(argv[1:])
         else:
+            check_config_files(argv)
             FTLCLI(args=argv)
     except Exception as err:
         user_error = find_user_error(err)
@@ -198,6 +199,25 @@ def main(args: Any = None) -> None:
             raise
         print(f"ftl: error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Missing or malformed `--config` files become one clear line (jsonargparse prints a parser dump)."""
+    import yaml
+
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag not in ("--config", "-c"):
+            continue
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise FTLError(f"config file '{value}' not found: check the path (task configs live in configs/)")
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise FTLError(f"config file '{value}' is not valid YAML{where} ({problem}): fix the YAML") from None
 
 
 def find_user_error(err: BaseException | None) -> FTLError | None:
