@@ -113,3 +113,65 @@ def run_cli(*args: str) -> None:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# ---------------------------------------------------------------- causal LM (question answering)
+_QA_CONDITIONS = ["asthma", "diabetes", "migraine", "anemia", "eczema", "gout", "psoriasis", "hypertension",
+                  "influenza", "bronchitis", "arthritis", "tonsillitis"]
+_QA_TEMPLATES = [
+    ("information", "What is {c}?", "{C} is a common condition that a doctor can diagnose."),
+    ("symptoms", "What are the symptoms of {c}?", "People with {c} often report pain, fatigue and poor sleep."),
+    ("treatment", "How is {c} treated?", "Treatment for {c} includes rest, medication and regular follow up."),
+    ("susceptibility", "Who is at risk for {c}?",
+     "Older adults and people with a family history of {c} are at higher risk."),
+]
+
+
+def tiny_qa_rows() -> list[dict[str, str]]:
+    """48 templated health question/answer pairs (12 conditions x 4 question types), deterministic."""
+    return [
+        {"question": q.format(c=c), "answer": a.format(c=c, C=c.capitalize()), "qtype": qtype}
+        for c in _QA_CONDITIONS for qtype, q, a in _QA_TEMPLATES
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_qa_dir(tmp_path_factory) -> Path:
+    """train/val/test jsonl of `tiny_qa_rows` (32/8/8 rows, no question in two splits)."""
+    import json
+
+    folder = tmp_path_factory.mktemp("data") / "qa"
+    folder.mkdir()
+    rows = tiny_qa_rows()
+    splits = {"train": rows[:32], "val": rows[32:40], "test": rows[40:]}
+    for split, part in splits.items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide random GPT-2 (128 positions) with a byte-level BPE trained on the QA fixture texts.
+
+    The tokenizer has an eos token and NO pad token, like GPT-2's, so the no-pad path is what tests run.
+    """
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-gpt2"
+    folder.mkdir()
+    texts = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in tiny_qa_rows()]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=400, min_frequency=2, special_tokens=["<|endoftext|>"],
+                            show_progress=False)
+    eos = "<|endoftext|>"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=eos, bos_token=eos,
+                                        unk_token=eos, model_max_length=128)
+    assert tokenizer.pad_token is None and tokenizer.eos_token_id is not None
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -4,7 +4,8 @@ Model and data are given in subclass mode (`class_path` in the YAML), so any Lig
 LightningDataModule plugs in without touching this file. The CLI adds only what every task shares:
 - links: `model.pretrained` -> `data.tokenizer`; the data's `num_labels`/`label_names` -> the model;
 - a fresh run directory (`runs/<config name>/<timestamp>`) that holds config, checkpoints, logs, metrics;
-- after `fit`, the best checkpoint is tested when there is a test split (`--test_after_fit false` skips it).
+- after `fit`, the best checkpoint is tested when there is a test split (`--test_after_fit false` skips it),
+  and compared with the model before fine-tuning with `--compare_after_fit true`.
 """
 
 from __future__ import annotations
@@ -18,17 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from ftl.callbacks import PredictionWriter, RunOutputs
+from ftl.callbacks import HFExport, Plots, PredictionWriter, ResumeRandomState, RunOutputs, RunSummary, Throughput
 from ftl.errors import FTLError
+from ftl.loggers import WandbReport, finish_wandb, log_config, prepare_wandb_env, start_wandb, wandb_loggers
 
 _CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+_LINKED_INTO_MODEL = ("num_labels", "label_names", "label_counts")  # from the data module, see link_arguments
 _RUN_DIR_ENV = "FTL_RUN_DIR"  # lets DDP worker processes find the run directory rank 0 made
 
 
 class FTLCLI(LightningCLI):
     """LightningCLI with ftl's shared defaults; everything task-specific lives in the YAML."""
+
+    run_label: str | None = None  # names run directories made without a subcommand (run=False), e.g. "compare"
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         self.run_dir: Path | None = None
@@ -39,8 +44,10 @@ class FTLCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             seed_everything_default=42,
+            save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [RunOutputs(), PredictionWriter()]},
+            trainer_defaults={"callbacks": [RunOutputs(), PredictionWriter(), WandbReport(), Throughput(), RunSummary(),
+                                            Plots(), HFExport(), ResumeRandomState()]},
             auto_configure_optimizers=False,
             args=args,
             run=run,
@@ -56,6 +63,9 @@ class FTLCLI(LightningCLI):
         parser.add_argument("--runs_root", type=str, default="runs", help="Where run directories are made.")
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, test the best checkpoint when the data has a test split.")
+        parser.add_argument("--compare_after_fit", type=bool, default=False,
+                            help="After fit, compare the model before fine-tuning with the best checkpoint on the "
+                            "test split (compare.md, compare.json).")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -70,6 +80,8 @@ class FTLCLI(LightningCLI):
         parser.link_arguments("model.init_args.pretrained", "data.init_args.tokenizer")
         parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
+        # training rows per label, for class_weights: balanced (dropped for models without `label_counts`)
+        parser.link_arguments("data.train_label_counts", "model.init_args.label_counts", apply_on="instantiate")
 
     # ------------------------------------------------------------------ run directory
     def before_instantiate_classes(self) -> None:
@@ -79,11 +91,58 @@ class FTLCLI(LightningCLI):
         if not config.checkpoint.dirpath:
             config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
         config.trainer.logger = self._loggers_in(config.trainer.logger, self.run_dir)
+        self._adjust_callbacks(config.trainer)
+
+    def _adjust_callbacks(self, trainer: Any) -> None:
+        """Rich's progress bar when a person watches (stdout is a terminal; logs and CI keep Lightning's plain
+        one), and no LearningRateMonitor from a task config when `--trainer.logger false` leaves it nowhere to log."""
+        import importlib.util
+
+        def name(callback: Any) -> str:
+            return str(callback.get("class_path", "")) if hasattr(callback, "get") else type(callback).__name__
+
+        names = [name(cb) for cb in trainer.get("callbacks") or []]
+        if trainer.get("logger") is False and any(n.endswith("LearningRateMonitor") for n in names):
+            trainer.callbacks = [cb for cb in trainer.callbacks if not name(cb).endswith("LearningRateMonitor")]
+        if trainer.get("enable_progress_bar") is False or not sys.stdout.isatty():
+            return
+        if any("ProgressBar" in n for n in names) or importlib.util.find_spec("rich") is None:
+            return
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        self.trainer_defaults["callbacks"] = [*self.trainer_defaults.get("callbacks", []), RichProgressBar()]
+
+    def _resume_last(self, config) -> Path | None:
+        """`--ckpt_path last` without `--run_dir`: the newest run of this config that saved a last.ckpt.
+
+        `fit` continues in that run's own directory (Lightning finds last.ckpt in its checkpoints/); other
+        subcommands evaluate that checkpoint and write their outputs to a new directory as usual.
+        """
+        if config.get("ckpt_path") != "last" or config.run_dir or config.checkpoint.dirpath:
+            return None
+        base = Path(config.runs_root).expanduser() / (config.run_name or self._config_name(config))
+        found = [p for p in base.glob("*/checkpoints/last.ckpt") if p.is_file()]
+        if not found:
+            raise FTLError(
+                f"--ckpt_path last: no run under '{base}' has checkpoints/last.ckpt: "
+                "train one first, or pass --run_dir of the run to resume (or a checkpoint file)"
+            )
+        last = max(found, key=lambda p: p.stat().st_mtime)
+        if self.subcommand != "fit":
+            config.ckpt_path = str(last)
+            return None
+        print(f"ftl: resuming {last}", file=sys.stderr)
+        return last.parent.parent
 
     def _make_run_dir(self, config) -> Path:
+        resumed = self._resume_last(config)
         inherited = os.environ.get(_RUN_DIR_ENV)
         if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
             return Path(inherited)
+        if resumed is not None:
+            os.environ[_RUN_DIR_ENV] = str(resumed)
+            print(f"ftl: run directory: {resumed}", file=sys.stderr)
+            return resumed
         resuming = bool(getattr(config, "ckpt_path", None))
         if config.run_dir:
             path = Path(config.run_dir).expanduser()
@@ -91,11 +150,16 @@ class FTLCLI(LightningCLI):
                 raise FTLError(
                     f"run_dir '{path}' already holds a run: pick a new --run_dir, or resume it with --ckpt_path last"
                 )
+            last = path / "checkpoints" / "last.ckpt"
+            if self.subcommand == "fit" and config.ckpt_path == "last" and not config.checkpoint.dirpath \
+                    and not last.is_file():
+                raise FTLError(f"--ckpt_path last: '{last}' does not exist: check --run_dir or pass a checkpoint file")
         else:
             name = config.run_name or self._config_name(config)
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            if self.subcommand and self.subcommand != "fit":
-                stamp += f"-{self.subcommand}"
+            label = self.subcommand or self.run_label
+            if label and label != "fit":
+                stamp += f"-{label}"
             base = Path(config.runs_root).expanduser() / name
             path, n = base / stamp, 1
             while path.exists():
@@ -123,6 +187,8 @@ class FTLCLI(LightningCLI):
         if logger is False:
             return False
         loggers = [] if logger in (None, True) else list(logger) if isinstance(logger, list) else [logger]
+        if any(str(item.class_path).endswith("WandbLogger") for item in loggers):
+            prepare_wandb_env()  # offline, said in one line, when there is no API key and no WANDB_MODE
         for item in loggers:
             init = item.get("init_args") or Namespace()
             if init.get("save_dir") in (None, ".", "", "lightning_logs"):
@@ -137,6 +203,18 @@ class FTLCLI(LightningCLI):
         return loggers
 
     # ------------------------------------------------------------------ running
+    def _parse_ckpt_path(self) -> None:
+        """Lightning copies a checkpoint's hyperparameters into the config, among them the values of links the
+        model did not take (a model without `label_counts` still records `label_counts: None`), which would then
+        fail as unexpected arguments: leave linked values to the links."""
+        super()._parse_ckpt_path()
+        subcommand = self.config.get("subcommand")
+        model = self.config[subcommand].get("model") if subcommand else None
+        extra = model.get("dict_kwargs") if model is not None and hasattr(model, "get") else None
+        for key in _LINKED_INTO_MODEL:
+            if extra:
+                extra.pop(key, None)
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -147,11 +225,15 @@ class FTLCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
+            start_wandb(self.trainer)  # here, where a W&B that cannot start falls back instead of ending the run
             super()._run_subcommand(subcommand)
-        except Exception as err:
-            if find_user_error(err):
+        except BaseException as err:
+            finish_wandb(getattr(self, "trainer", None), self.run_dir, ok=False)
+            if isinstance(err, Exception) and find_user_error(err):
                 self._discard_run_dir()
             raise
+        # after test-after-fit, so the summary, comparison and plots other callbacks wrote are there to send
+        finish_wandb(self.trainer, self.run_dir, ok=True)
         if self.run_dir is not None:
             print(f"ftl: outputs in {self.run_dir}", file=sys.stderr)
 
@@ -163,10 +245,51 @@ class FTLCLI(LightningCLI):
     def after_fit(self) -> None:
         config = self.config["fit"]
         has_test = getattr(self.datamodule, "has_split", lambda split: False)("test")
-        if not (config.test_after_fit and has_test):
+        if not has_test:
             return
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True)
+        if config.test_after_fit:
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True)
+        if config.compare_after_fit and self.trainer.world_size == 1:  # (multi-process: run `ftl compare` after)
+            from ftl.compare import compare_after_fit
+
+            compare_after_fit(self.model, self.datamodule, self.run_dir, best or None, config.seed_everything,
+                              config.trainer)
+
+
+class RunConfig(SaveConfigCallback):
+    """Saves the resolved config to the run directory, and the same config, nested, into W&B runs.
+
+    Lightning writes config.yaml to the first logger's save_dir (a W&B save_dir shared by runs would make
+    them overwrite each other's config); here it always goes to the run directory.
+    """
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            path = Path(trainer.default_root_dir) / self.config_filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(path), skip_none=False, overwrite=self.overwrite,
+                             multifile=self.multifile)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        import yaml
+
+        if not wandb_loggers(trainer):
+            return
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        # values linked in from the data (num_labels, label_names) are what the model received: add them
+        init_args = (config.get("model") or {}).setdefault("init_args", {})
+        for key, value in dict(getattr(pl_module, "hparams_initial", {})).items():
+            if not key.startswith("_") and key not in init_args:
+                init_args[key] = list(value) if isinstance(value, tuple) else value
+        run_dir = Path(trainer.default_root_dir)
+        config["run_dir"] = str(run_dir)
+        log_config(trainer, config, run_name=f"{run_dir.parent.name}/{run_dir.name}")
 
 
 def _configure_environment() -> None:
@@ -174,10 +297,17 @@ def _configure_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`isinstance.treespec, LeafSpec.` is deprecated.*")
+    # main() hands LightningCLI the argv it was given (sys.argv[1:] minus an extra command's name): not a mistake
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
 
 
 # Subcommands beyond Lightning's fit/validate/test/predict: "module:function" taking the remaining argv.
-EXTRA_COMMANDS: dict[str, str] = {}
+EXTRA_COMMANDS: dict[str, str] = {
+    "compare": "ftl.compare:main",  # base vs fine-tuned model on the same test split -> compare.md
+    "export": "ftl.export:main",  # a checkpoint as a Hugging Face folder
+    "mcq": "ftl.mcq:main",  # multiple-choice (MMLU-style) accuracy of a causal LM
+    "sweep": "ftl.sweep:main",  # a W&B sweep file run locally, trials as `ftl fit` runs, leaderboard
+}
 
 
 def main(args: Any = None) -> None:

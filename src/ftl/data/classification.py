@@ -17,6 +17,8 @@ class TextClassificationDataModule(TextDataModule):
 
     `label_names` fixes the label order when given; otherwise it is taken from a `ClassLabel` feature,
     from a `label_name` column beside integer labels (as in `shared/data`), or from the sorted label values.
+    `oversample: true` draws training rows with replacement, each label equally often on average
+    (seeded per epoch; the epoch keeps its usual number of rows).
     """
 
     def __init__(
@@ -25,12 +27,14 @@ class TextClassificationDataModule(TextDataModule):
         text_column: str = "text",
         label_column: str = "label",
         label_names: list[str] | None = None,
+        oversample: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.text_column = text_column
         self.label_column = label_column
         self._label_names = list(label_names) if label_names else None
+        self.oversample = oversample
 
     carry_row_index = True  # the classifier restores the data's order in test outputs
 
@@ -50,6 +54,17 @@ class TextClassificationDataModule(TextDataModule):
         for label in column(self.raw[split], "labels"):
             counts[label] += 1
         return counts
+
+    @property
+    def train_label_counts(self) -> list[int]:
+        return self.label_counts("train")
+
+    def train_sample_weights(self) -> list[float] | None:
+        """1 / (rows of the row's label): every label is drawn equally often."""
+        if not self.oversample:
+            return None
+        counts = self.label_counts("train")
+        return [1.0 / counts[label] for label in column(self.raw["train"], "labels")]
 
     # ------------------------------------------------------------------ hooks
     def required_columns(self) -> list[str]:

@@ -4,14 +4,22 @@ Written here rather than taken from `transformers.trainer_pt_utils.LengthGrouped
 sorts within mega-batches of 50 batches and always puts the longest batch first, which measurably costs
 accuracy on long-tailed data (about 0.01-0.02 here). These keep more randomness: small groups, a fresh
 seeded shuffle every epoch, and a shuffled batch order.
+
+Both samplers are also the distributed samplers: given `num_replicas`/`rank` each process gets its own shard.
+They subclass `DistributedSampler` for that reason: Lightning wraps any other sampler in a
+`DistributedSamplerWrapper`, which reshuffles training indices (undoing the length grouping) and pads evaluation
+splits with duplicate rows (so validation metrics count some rows twice); an existing `DistributedSampler` it
+leaves alone (see `Trainer(use_distributed_sampler=...)`). Neither calls `DistributedSampler.__init__`, which
+would query the process group; they only borrow its type.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
 
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 
 def sequence_lengths(dataset, column: str = "input_ids") -> list[int]:
@@ -21,27 +29,55 @@ def sequence_lengths(dataset, column: str = "input_ids") -> list[int]:
     return pc.list_value_length(dataset.data.column(column)).to_pylist()
 
 
-class LengthGroupedSampler(Sampler[int]):
+class LengthGroupedSampler(DistributedSampler):
     """Training order: shuffle, cut into groups of `group_batches` batches, sort each group by length,
     cut into batches, shuffle the batch order. Every index appears once per epoch; a short last batch
     stays last so a plain `batch_size` DataLoader cuts exactly these batches.
+
+    `weights` (one per row) turn the shuffle into a seeded draw of `len(lengths)` rows with replacement,
+    in proportion to the weights (oversampling). With `num_replicas` > 1 the epoch's rows are padded by
+    repeating the first ones to a multiple of `num_replicas` (as `DistributedSampler` does, so every process
+    runs the same number of steps) and process `rank` groups and batches its share `[rank::num_replicas]`.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, group_batches: int = 16, seed: int = 0) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        group_batches: int = 16,
+        seed: int = 0,
+        weights: Sequence[float] | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.group_size = max(1, group_batches) * batch_size
         self.seed = seed
         self.epoch = 0
+        if weights is not None and len(weights) != len(self.lengths):
+            raise ValueError(f"{len(weights)} weights for {len(self.lengths)} rows")
+        self.weights = None if weights is None else list(weights)
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.num_replicas, self.rank = num_replicas, rank
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at each epoch so every epoch gets a different, reproducible order."""
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
+        """This process's batches for the current epoch (same seed and epoch: same batches)."""
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
+        n = len(self.lengths)
+        if self.weights is None:
+            order = list(range(n))
+            rng.shuffle(order)
+        else:
+            order = rng.choices(range(n), weights=self.weights, k=n)
+        if self.num_replicas > 1 and order:
+            total = math.ceil(n / self.num_replicas) * self.num_replicas
+            order = (order * math.ceil(total / n))[:total][self.rank :: self.num_replicas]
         grouped: list[int] = []
         for start in range(0, len(order), self.group_size):
             group = order[start : start + self.group_size]
@@ -56,17 +92,24 @@ class LengthGroupedSampler(Sampler[int]):
             yield from batch
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return math.ceil(len(self.lengths) / self.num_replicas)
 
 
-class SortedSampler(Sampler[int]):
+class SortedSampler(DistributedSampler):
     """Evaluation order: longest first, so padding is minimal and the peak-memory batch comes first.
 
     Order does not change metrics; outputs that must follow the data's order carry a `row_idx`.
+    With `num_replicas` > 1, process `rank` takes every `num_replicas`-th row of that order and nothing is
+    padded: each row is evaluated exactly once, and shares differ by at most one row (safe for evaluation,
+    where DDP synchronises nothing per batch after the first; Lightning's `UnrepeatedDistributedSampler`
+    relies on the same for prediction).
     """
 
-    def __init__(self, lengths: Sequence[int]) -> None:
-        self.order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    def __init__(self, lengths: Sequence[int], num_replicas: int = 1, rank: int = 0) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        self.order = sorted(range(len(lengths)), key=lambda i: -lengths[i])[rank::num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order)

@@ -185,6 +185,15 @@ class TextDataModule(L.LightningDataModule):
     def label_names(self) -> list[str] | None:
         return None
 
+    @property
+    def train_label_counts(self) -> list[int] | None:
+        """Training rows per label (linked into the model for `class_weights: balanced`); None without labels."""
+        return None
+
+    def train_sample_weights(self) -> list[float] | None:
+        """One sampling weight per training row (oversampling), or None for a plain shuffle."""
+        return None
+
     # ---------------------------------------------------------------- hooks for subclasses
     def required_columns(self) -> list[str]:
         """Columns every split must have."""
@@ -456,20 +465,36 @@ class TextDataModule(L.LightningDataModule):
         return split in self.raw
 
     # ---------------------------------------------------------------- loaders
+    def _replicas(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached trainer: the samplers shard the data themselves."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return max(1, int(trainer.world_size)), int(trainer.global_rank)
+
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         """Training batches are grouped by length (seeded, see `sampling`), evaluation batches sorted by it:
-        with dynamic padding this removes most padding, the main cost of CPU fine-tuning."""
+        with dynamic padding this removes most padding, the main cost of CPU fine-tuning. Under DDP both
+        samplers give each process its own shard (evaluation rows exactly once)."""
+        import torch
+
         from ftl.data.sampling import LengthGroupedSampler, SortedSampler, sequence_lengths
 
         if split not in self.datasets:
             raise FTLError(f"there is no {split} split: provide a {split} file or let ftl split train")
         dataset = self.datasets[split]
+        replicas, rank = self._replicas()
+        weights = self.train_sample_weights() if shuffle else None
         sampler = None
-        if shuffle and self.group_by_length:
-            sampler = LengthGroupedSampler(sequence_lengths(dataset), batch_size, self.group_batches, self.seed)
+        if shuffle:
+            # one batch per group is plain random batching (group_by_length off), still seeded per epoch
+            group = self.group_batches if self.group_by_length else 1
+            sampler = LengthGroupedSampler(sequence_lengths(dataset), batch_size, group, self.seed, weights=weights,
+                                           num_replicas=replicas, rank=rank)
             shuffle = False
-        elif not shuffle and self.sort_eval_by_length:
-            sampler = SortedSampler(sequence_lengths(dataset))
+        elif not shuffle and (self.sort_eval_by_length or replicas > 1):
+            lengths = sequence_lengths(dataset) if self.sort_eval_by_length else [0] * len(dataset)
+            sampler = SortedSampler(lengths, num_replicas=replicas, rank=rank)
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -478,6 +503,9 @@ class TextDataModule(L.LightningDataModule):
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # its own generator: starting an epoch's iterator then draws nothing from the global RNG, so
+            # dropout sees the same random numbers in a resumed run as in an unbroken one
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,278 @@
+"""Weights & Biases around LightningCLI: offline without an account, the full config once, test tables, a clean end.
+
+The logger itself is Lightning's `WandbLogger`, declared in the task YAMLs; this module only adds what the
+CLI needs around it. W&B must never end or stall a run, so every call into wandb here is guarded: a failure
+prints one `ftl:` line and the run goes on (offline, or without W&B).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+
+_OFFLINE_MODES = ("offline", "dryrun", "disabled")
+MAX_TABLE_ROWS = 500  # rows of sample predictions / generated answers sent to W&B per run
+RUN_FILES = ("summary.md", "compare.md", "compare.json", "confusion_matrix.csv")  # logged when they exist
+
+
+def _say(message: str) -> None:
+    print(f"ftl: {message}", file=sys.stderr)
+
+
+def _guarded(what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Call into wandb; on any error say so in one line and carry on (W&B is never worth a lost run)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - deliberately broad: see the module docstring
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        _say(f"W&B {what} failed ({type(err).__name__}: {first}); the run goes on")
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- mode
+def wandb_credentials_found() -> bool:
+    """Whether wandb would find an API key: `WANDB_API_KEY`, an identity token file, or a netrc entry.
+
+    Hand-written because wandb's own lookup (`wandb.sdk.lib.wbauth`) is private API that moves between releases.
+    """
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    import netrc
+    from urllib.parse import urlsplit
+
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
+    candidates = [os.environ["NETRC"]] if os.environ.get("NETRC") else ["~/.netrc", "~/_netrc"]
+    for candidate in candidates:
+        path = Path(candidate).expanduser()
+        try:
+            if path.is_file() and netrc.netrc(str(path)).authenticators(host):
+                return True
+        except (netrc.NetrcParseError, OSError):
+            continue
+    return False
+
+
+def prepare_wandb_env() -> str:
+    """Environment for a run with a W&B logger, set before wandb starts; the user's own settings win.
+
+    - With no `WANDB_MODE` and no API key, W&B runs offline (wandb itself would raise, or prompt on a terminal).
+    - wandb's own caches (debug logs, table staging) go under ftl's cache, not ~/.cache and ~/.local/share.
+    Returns the mode in effect ("" when wandb decides: online with a key).
+    """
+    from ftl.data.text import ftl_cache_dir
+
+    for var in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        os.environ.setdefault(var, str(ftl_cache_dir() / "wandb"))
+    mode = os.environ.get("WANDB_MODE", "")
+    if not mode and not wandb_credentials_found():
+        os.environ["WANDB_MODE"] = mode = "offline"
+        _say("no W&B API key found, so W&B logs offline into the run directory "
+             "(upload later with `wandb sync <run_dir>/wandb/offline-run-*`; `wandb login` to log online)")
+    return mode
+
+
+# ---------------------------------------------------------------------------------------------- start
+def wandb_loggers(trainer: L.Trainer | None) -> list[WandbLogger]:
+    return [lg for lg in (trainer.loggers if trainer is not None else []) if isinstance(lg, WandbLogger)]
+
+
+def _start(logger: WandbLogger) -> Any:
+    """The logger's wandb run, started now; online failures fall back to offline, then to no W&B at all."""
+    try:
+        return logger.experiment
+    except Exception as err:  # noqa: BLE001 - wandb raises many types (UsageError, CommError, timeouts)
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        if os.environ.get("WANDB_MODE") in _OFFLINE_MODES:
+            _say(f"W&B could not start ({type(err).__name__}: {first}); the run goes on without W&B")
+            return None
+        _say(f"W&B could not start online ({type(err).__name__}: {first}); logging to W&B offline instead")
+        # an init argument, not WANDB_MODE: wandb reads the environment once per process
+        logger._wandb_init["mode"] = "offline"
+        logger._experiment = None
+        return _guarded("offline start", lambda: logger.experiment)
+
+
+def _nested_config_holds_them(params: Any) -> None:
+    """Stands in for `WandbLogger.log_hyperparams` once the full config is in the run (see `start_wandb`)."""
+
+
+def start_wandb(trainer: L.Trainer | None) -> None:
+    """Start every W&B logger's run now: Lightning would start it at setup, where an error ends the run.
+    Loggers whose run cannot start are dropped from the trainer; the run goes on with the others."""
+    for logger in wandb_loggers(trainer):
+        if _start(logger) is None:
+            trainer.loggers = [lg for lg in trainer.loggers if lg is not logger]
+
+
+def log_config(trainer: L.Trainer, config: dict[str, Any], run_name: str | None = None) -> None:
+    """Put the full resolved config into every started W&B run, nested, once.
+
+    Lightning would also log the module's init args flat at every fit/test (`log_hyperparams`): a partial
+    second copy of what the nested config holds, so that is switched off for these loggers only.
+    """
+    for logger in wandb_loggers(trainer):
+        if (run := _run_of(logger)) is None:
+            continue
+        _guarded("config upload", run.config.update, config, allow_val_change=True)
+        logger.log_hyperparams = _nested_config_holds_them  # instance attribute: other loggers keep theirs
+        if run_name and getattr(logger, "_name", None) is None and not os.environ.get("WANDB_SWEEP_ID"):
+            _guarded("run naming", setattr, run, "name", run_name)
+
+
+def _run_of(logger: WandbLogger) -> Any:
+    """The logger's wandb run if it was started (a logger never used has none; other ranks have a dummy)."""
+    run = getattr(logger, "_experiment", None)
+    return run if run is not None and hasattr(run, "log") and hasattr(run, "finish") else None
+
+
+def _runs(trainer: L.Trainer | None) -> list[Any]:
+    return [run for run in map(_run_of, wandb_loggers(trainer)) if run is not None]
+
+
+# ---------------------------------------------------------------------------------------------- test tables
+def classification_tables(pl_module: L.LightningModule, datamodule: Any, metrics: dict[str, Any],
+                          max_rows: int = MAX_TABLE_ROWS) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    """Per-class metrics and sample predictions of a finished test, as (columns, rows) per table name.
+
+    Reads what `SequenceClassifier` keeps after test: `test_outputs` (probs and labels, data order),
+    `confusion_matrix` and `label_names`; texts come from the data module's raw test split.
+    """
+    names = list(getattr(pl_module, "label_names", None) or [])
+    outputs = getattr(pl_module, "test_outputs", None) or []
+    tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
+    if not names:
+        return tables
+    matrix = getattr(pl_module, "confusion_matrix", None)
+    support = [int(v) for v in matrix.sum(dim=1).tolist()] if matrix is not None else [None] * len(names)
+
+    def value(kind: str, name: str) -> float | None:
+        item = metrics.get(f"test/{kind}/{name}")
+        return None if item is None else float(item)
+
+    tables["test/per_class"] = (
+        ["label", "precision", "recall", "f1", "support"],
+        [[name, value("precision", name), value("recall", name), value("f1", name), n]
+         for name, n in zip(names, support, strict=True)],
+    )
+    if len(outputs) == 1 and "probs" in outputs[0] and "labels" in outputs[0]:
+        probs, labels = outputs[0]["probs"], outputs[0]["labels"]
+        best_prob, predicted = probs.max(dim=-1)
+        texts = _test_texts(datamodule, len(labels))
+        rows = []
+        for i in range(min(len(labels), max_rows)):
+            label, pred = int(labels[i]), int(predicted[i])
+            text = texts[i] if texts is not None else ""
+            rows.append([text, names[label], names[pred], round(float(best_prob[i]), 4), label == pred])
+        tables["test/predictions"] = (["text", "label", "prediction", "probability", "correct"], rows)
+    return tables
+
+
+def _test_texts(datamodule: Any, n: int) -> list[str] | None:
+    """The raw test texts in data order, when the data module has them and they line up with the outputs."""
+    try:
+        from ftl.data.text import column
+
+        raw = datamodule.raw["test"]
+        texts = column(raw, getattr(datamodule, "text_column", "text"))
+    except Exception:  # noqa: BLE001 - a module without raw texts just gets a table without them
+        return None
+    return [str(t) for t in texts] if len(texts) == n else None
+
+
+class WandbReport(L.Callback):
+    """At test end, sends W&B the per-class metrics table, the confusion matrix and sample predictions.
+
+    A no-op without a started W&B logger, so it sits in every trainer's defaults.
+    """
+
+    def __init__(self, max_rows: int = MAX_TABLE_ROWS) -> None:
+        self.max_rows = max_rows
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        runs = _runs(trainer) if trainer.is_global_zero else []
+        if runs:
+            _guarded("test tables", self._log_tables, runs, trainer, pl_module)
+
+    def _log_tables(self, runs: list[Any], trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import wandb
+
+        tables = classification_tables(pl_module, trainer.datamodule, trainer.callback_metrics, self.max_rows)
+        payload: dict[str, Any] = {key: wandb.Table(columns=cols, data=rows) for key, (cols, rows) in tables.items()}
+        outputs = getattr(pl_module, "test_outputs", None) or []
+        names = list(getattr(pl_module, "label_names", None) or [])
+        if names and len(outputs) == 1 and "probs" in outputs[0]:
+            payload["test/confusion_matrix"] = wandb.plot.confusion_matrix(
+                y_true=outputs[0]["labels"].tolist(), preds=outputs[0]["probs"].argmax(-1).tolist(),
+                class_names=names, title="Test confusion matrix",
+            )
+        for run in runs:
+            run.log(payload)
+
+
+# ---------------------------------------------------------------------------------------------- end of run
+def log_run_files(run: Any, run_dir: Path, log_model: bool = False, max_rows: int = MAX_TABLE_ROWS) -> None:
+    """Send what the run directory holds at the end: metrics.json into the summary (its val/* are the best
+    checkpoint's, so online sweeps rank on the same number as `ftl sweep`), summary/comparison files, plots,
+    generated answers (any *.jsonl whose rows have `generated`) as a table, and `hf_model/` as an artifact
+    when the logger has `log_model` set."""
+    import wandb
+
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file():
+        run.summary.update(json.loads(metrics_path.read_text()))
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            run.save(str(run_dir / name), base_path=str(run_dir), policy="now")
+    payload: dict[str, Any] = {}
+    for png in sorted((run_dir / "plots").glob("*.png")):
+        payload[f"plots/{png.stem}"] = wandb.Image(str(png))
+    for path in sorted(run_dir.glob("*.jsonl")):
+        rows = _jsonl_head(path, max_rows)
+        if rows and "generated" in rows[0]:
+            columns = list(rows[0])
+            payload[path.stem] = wandb.Table(
+                columns=columns, data=[[_cell(row.get(c)) for c in columns] for row in rows])
+    if payload:
+        run.log(payload)
+    hf_model = run_dir / "hf_model"
+    if log_model and hf_model.is_dir():
+        artifact = wandb.Artifact(f"hf_model-{run.id}", type="model", metadata={"run_dir": str(run_dir)})
+        artifact.add_dir(str(hf_model))
+        run.log_artifact(artifact)
+
+
+def _jsonl_head(path: Path, n: int) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if len(rows) >= n:
+                break
+            if line.strip():
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    return []
+                rows.append(row)
+    return rows
+
+
+def _cell(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool)) or value is None else json.dumps(value)
+
+
+def finish_wandb(trainer: L.Trainer | None, run_dir: Path | None, ok: bool) -> None:
+    """End every started W&B run: send the run directory's files (when the run succeeded), then finish it,
+    so a later run in the same process (tests, in-process sweeps) starts a fresh one."""
+    for logger in wandb_loggers(trainer):
+        if (run := _run_of(logger)) is None:
+            continue
+        if ok and run_dir is not None:
+            _guarded("upload of run files", log_run_files, run, run_dir, bool(getattr(logger, "_log_model", False)))
+        _guarded("finish", run.finish, exit_code=0 if ok else 1)

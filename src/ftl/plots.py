@@ -1,0 +1,99 @@
+"""PNG plots of a run (`plots/`): loss curves, confusion matrix with label names, precision-recall curve (binary).
+
+Figures are built with `matplotlib.figure.Figure` and rendered by the Agg canvas: no pyplot state, no
+display, safe in worker threads and on headless machines. Each function writes one file and returns its path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def _figure(width: float = 6.4, height: float = 4.8):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return path
+
+
+def loss_curves(rows: list[dict[str, float]], path: str | Path) -> Path | None:
+    """Train loss per logged step (and per-epoch mean) and val loss per validation, against the global step.
+
+    `rows` are metrics.csv rows (`ftl.tables.read_metrics_csv`). Returns None when there is no loss to draw.
+    """
+    def series(key: str) -> tuple[list[float], list[float]]:
+        points = [(row["step"], row[key]) for row in rows if key in row and "step" in row]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    curves = {key: series(key) for key in ("train/loss_step", "train/loss_epoch", "val/loss")}
+    if not any(xs for xs, _ in curves.values()):
+        return None
+    fig = _figure()
+    ax = fig.subplots()
+    style = {"train/loss_step": ("train loss (step)", "-", None, 0.6),
+             "train/loss_epoch": ("train loss (epoch mean)", "--", "s", 1.0),
+             "val/loss": ("val loss", "-", "o", 1.0)}
+    for key, (xs, ys) in curves.items():
+        if xs:
+            label, line, marker, alpha = style[key]
+            ax.plot(xs, ys, linestyle=line, marker=marker, alpha=alpha, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, Path(path))
+
+
+def confusion_matrix(matrix: torch.Tensor, label_names: Sequence[str], path: str | Path) -> Path:
+    """Counts per (true, predicted) label, with label names on both axes (torchmetrics' plot)."""
+    from torchmetrics.utilities.plot import plot_confusion_matrix
+
+    n = len(label_names)
+    size = max(4.8, 1.0 + 0.9 * n)
+    fig = _figure(size, size)
+    ax = fig.subplots()
+    plot_confusion_matrix(torch.as_tensor(matrix).long().cpu(), ax=ax, labels=list(label_names))
+    ax.set_title("Confusion matrix (test)")
+    return _save(fig, Path(path))
+
+
+def precision_recall(probs: torch.Tensor, labels: torch.Tensor, positive: str, path: str | Path,
+                     preds: torch.Tensor | None = None) -> Path:
+    """Precision-recall curve of the positive label (binary tasks), its average precision, and the model's
+    operating point (its own decisions, `preds`) when given."""
+    from torchmetrics.functional.classification import binary_average_precision, binary_precision_recall_curve
+
+    probs, labels = torch.as_tensor(probs).float().cpu(), torch.as_tensor(labels).long().cpu()
+    precision, recall, _ = binary_precision_recall_curve(probs, labels)
+    ap = float(binary_average_precision(probs, labels))
+    fig = _figure()
+    ax = fig.subplots()
+    ax.step(recall.numpy(), precision.numpy(), where="post", label=f"{positive} (AP={ap:.3f})")
+    prevalence = float(labels.float().mean()) if labels.numel() else 0.0
+    ax.axhline(prevalence, color="grey", linestyle=":", label=f"chance ({prevalence:.2f})")
+    if preds is not None:
+        preds = torch.as_tensor(preds).long().cpu()
+        tp = int(((preds == 1) & (labels == 1)).sum())
+        p = tp / max(int((preds == 1).sum()), 1)
+        r = tp / max(int((labels == 1).sum()), 1)
+        ax.plot([r], [p], "o", color="black", label=f"model's decisions (P={p:.2f}, R={r:.2f})")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(f"Precision-recall, positive label: {positive}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
+    return _save(fig, Path(path))

@@ -1,0 +1,64 @@
+"""Resume: a run interrupted after epoch 1 and continued with `--ckpt_path last` ends like an unbroken run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STOP_MESSAGE = "interrupted for the resume test"
+
+
+class StopAtSecondEpoch(L.Callback):
+    """Test-only interruption (a crash, a killed job): raises as epoch 2 starts, after epoch 1's checkpoints.
+
+    Stopping this way keeps max_epochs, so the learning-rate schedule is the one of the unbroken run.
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            raise RuntimeError(STOP_MESSAGE)
+
+
+def args(tiny_data_dir: Path, tiny_bert: Path, root: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", str(ROOT / "configs" / "depression.yaml"), "--model.pretrained", str(tiny_bert),
+            "--data.class_path", "ftl.data.classification.TextClassificationDataModule",
+            "--data.data_dir", str(tiny_data_dir), "--data.max_length", "64", "--data.batch_size", "8",
+            "--model.learning_rate", "1e-3", "--trainer.max_epochs", "2", "--trainer.logger", "true",
+            "--trainer.enable_progress_bar", "false", "--runs_root", str(root), "--run_name", "task", *extra]
+
+
+def test_interrupted_then_resumed_run_ends_like_an_unbroken_run(tmp_path, tiny_data_dir, tiny_bert, cli):
+    cli(*args(tiny_data_dir, tiny_bert, tmp_path / "unbroken"))
+    (unbroken,) = (tmp_path / "unbroken" / "task").iterdir()
+
+    root = tmp_path / "broken"
+    with pytest.raises(RuntimeError, match=STOP_MESSAGE):
+        cli(*args(tiny_data_dir, tiny_bert, root, "--trainer.callbacks+=tests.test_resume.StopAtSecondEpoch"))
+    (broken,) = (root / "task").iterdir()
+    assert (broken / "checkpoints" / "last.ckpt").is_file() and not (broken / "metrics.json").exists()
+
+    cli(*args(tiny_data_dir, tiny_bert, root, "--ckpt_path", "last"))
+    assert list((root / "task").iterdir()) == [broken]  # continued in the run's own directory
+
+    done, reference = (json.loads((run / "metrics.json").read_text()) for run in (broken, unbroken))
+    assert set(done) == set(reference)
+    for key, value in reference.items():
+        assert done[key] == pytest.approx(value, abs=1e-4), key
+    # the resumed run trained epoch 2 only, and its log holds both epochs
+    with open(broken / "metrics.csv", newline="") as f:
+        epochs = {int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("val/loss")}
+    assert epochs == {0, 1}
+
+
+def test_resuming_with_nothing_to_resume_is_a_one_line_error(tmp_path, tiny_data_dir, tiny_bert, cli, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(*args(tiny_data_dir, tiny_bert, tmp_path / "empty", "--ckpt_path", "last"))
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ftl: error:")]
+    assert len(err) == 1 and "no run under" in err[0] and "last.ckpt" in err[0]
+    assert not (tmp_path / "empty" / "task").exists()
