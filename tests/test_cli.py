@@ -88,11 +88,15 @@ def test_runs_never_share_a_directory(tmp_path, tiny_data_dir, tiny_bert, cli):
     cli(*args)
     first = sorted((root / "depression").iterdir())
     assert len(first) == 1
-    snapshot = {p: p.read_bytes() for p in first[0].rglob("*") if p.is_file()}
+    # W&B's shared wandb-core service keeps appending to its own logs of a finished offline run while the
+    # same *process* starts another run (an artefact of two runs in one test process; separate `ftl`
+    # processes are unaffected), so W&B's folder is left out of this check.
+    snapshot = {p: p.read_bytes() for p in first[0].rglob("*") if p.is_file() and "wandb" not in p.parts}
     cli(*args)
     runs = sorted((root / "depression").iterdir())
     assert len(runs) == 2
-    assert all(p.read_bytes() == content for p, content in snapshot.items()), "second run touched the first"
+    changed = [str(p) for p, content in snapshot.items() if p.read_bytes() != content]
+    assert not changed, f"second run touched the first: {changed}"
 
 
 def test_explicit_run_dir_is_not_reused(finished_run, tiny_data_dir, tiny_bert, cli, capsys):
@@ -111,6 +115,8 @@ def test_same_seed_same_metrics(tmp_path, tiny_data_dir, tiny_bert, cli):
         cli(*fit_args("depression", tiny_data_dir, tiny_bert, tmp_path / name, "--trainer.max_epochs", "1",
                       "--model.learning_rate", "1e-3", *extra))
         results.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    timing = ("per_sec", "runtime", "_time")  # throughput differs run to run; every result must not
+    results = [{k: v for k, v in r.items() if not any(t in k for t in timing)} for r in results]
     assert results[0] == results[1]
     assert results[0]["test/loss"] != results[2]["test/loss"]
 

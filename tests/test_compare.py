@@ -16,9 +16,10 @@ SPEED = ("test/runtime", "test/samples_per_sec", "test/steps_per_sec")
 
 
 def spread_predictions(module, datamodule, seed: int = 0) -> None:
-    """Give a tiny random classifier a head whose predictions differ from row to row (a random BERT maps every
+    """Give a tiny random classifier weights whose predictions differ from row to row (a random BERT maps every
     text to almost the same pooled vector, so a trained-for-seconds head predicts one label for all rows):
-    sharpen the pooler, then centre and scale a random head on the test rows' pooled vectors."""
+    let attention dominate the residual stream and sharpen the pooler, so pooled vectors depend on the text,
+    then centre and scale a random head on the test rows' pooled vectors."""
     import torch
 
     module.eval()
@@ -27,6 +28,8 @@ def spread_predictions(module, datamodule, seed: int = 0) -> None:
     pooled: list[torch.Tensor] = []
     head = module.model.classifier
     with torch.no_grad():
+        for layer in module.model.bert.encoder.layer:
+            layer.attention.output.dense.weight.mul_(50)
         module.model.bert.pooler.dense.weight.mul_(20)
         hook = head.register_forward_hook(lambda mod, inputs, out: pooled.append(inputs[0]))
         for batch in datamodule.test_dataloader():

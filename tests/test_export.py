@@ -37,18 +37,29 @@ def ftl_predictions(cli, tiny_data_dir, tiny_bert, run_dir: Path, ckpt: Path, in
         return list(csv.DictReader(f))
 
 
-def assert_pipeline_agrees(folder: Path, texts: list[str], rows: list[dict[str, str]], names: list[str]) -> None:
+def assert_pipeline_agrees(folder: Path, texts: list[str], rows: list[dict[str, str]], names: list[str],
+                           atol: float = 1e-5) -> None:
+    """The pipeline's label names and scores match ftl's predictions.csv: scores within `atol` (float32 rounding
+    differs between a padded batch and one unpadded row), labels on every row whose top-2 margin exceeds 2 * atol,
+    which must be nearly all rows."""
     from transformers import pipeline
 
     classify = pipeline("text-classification", model=str(folder), device="cpu")
     top = classify(texts)
     every = classify(texts, top_k=None)
     assert [row["text"] for row in rows] == texts
+    decided = 0
     for answer, scores, row in zip(top, every, rows, strict=True):
         assert answer["label"] in names  # label names, not LABEL_0
-        assert answer["label"] == row["predicted_label"]
+        probs = {name: float(row[f"prob_{name}"]) for name in names}
+        assert {score["label"] for score in scores} == set(names)
         for score in scores:
-            assert score["score"] == pytest.approx(float(row[f"prob_{score['label']}"]), abs=1e-5)
+            assert score["score"] == pytest.approx(probs[score["label"]], abs=atol)
+        second, first = sorted(probs.values())[-2:]
+        if first - second > 2 * atol:
+            assert answer["label"] == row["predicted_label"]
+            decided += 1
+    assert decided >= 0.9 * len(rows)
 
 
 def test_fit_exports_the_best_checkpoint_with_label_names(fitted):
@@ -104,7 +115,8 @@ def test_export_command_on_a_checkpoint_with_varied_predictions(fitted, tiny_dat
     inputs, texts = texts_file(tiny_data_dir, tmp_path, n=32)
     rows = ftl_predictions(cli, tiny_data_dir, tiny_bert, tmp_path / "predict", ckpt, inputs)
     assert len({row["predicted_label"] for row in rows}) >= 3
-    assert_pipeline_agrees(tmp_path / "exported", texts, rows, data.label_names)
+    # these weights amplify rounding differences between padded batches and single rows: measured up to 5e-4
+    assert_pipeline_agrees(tmp_path / "exported", texts, rows, data.label_names, atol=2e-3)
 
 
 def test_export_command_finds_the_run_config_and_refuses_bad_input(fitted, tmp_path, cli, capsys):

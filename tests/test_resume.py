@@ -47,7 +47,10 @@ def test_interrupted_then_resumed_run_ends_like_an_unbroken_run(tmp_path, tiny_d
 
     done, reference = (json.loads((run / "metrics.json").read_text()) for run in (broken, unbroken))
     assert set(done) == set(reference)
-    for key, value in reference.items():
+    timing = ("/runtime", "/samples_per_sec", "/steps_per_sec")  # wall-clock numbers differ run to run
+    quality = {key: value for key, value in reference.items() if not key.endswith(timing)}
+    assert {"test/loss", "test/f1_macro", "val/loss", "val/f1_macro"} <= set(quality)
+    for key, value in quality.items():
         assert done[key] == pytest.approx(value, abs=1e-4), key
     # the resumed run trained epoch 2 only, and its log holds both epochs
     with open(broken / "metrics.csv", newline="") as f:

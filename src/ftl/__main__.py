@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: ftl [-h] {fit,validate,test,predict,compare,export,sweep} ...
+USAGE = """usage: ftl [-h] {fit,validate,test,predict,compare,export,sweep,mcq} ...
 
 Fine-tune small transformers on healthcare text with Lightning: one YAML per task, every value overridable.
 
@@ -20,6 +20,7 @@ subcommands (`ftl <subcommand> --help` lists every option):
   compare    Base model vs fine-tuned model on the same test split, as a table.
   export     Save a checkpoint as a Hugging Face model folder.
   sweep      Run a W&B sweep file locally (no W&B server needed).
+  mcq        Multiple-choice accuracy of a causal LM from a {question, choices, answer} JSONL file.
 
 examples:
   ftl fit --config configs/quickstart.yaml

@@ -71,6 +71,8 @@ class RunOutputs(L.Callback):
         if not outputs or not names or not {"probs", "labels"} <= set(outputs[0]):
             return
         merged = {key: torch.cat([o[key] for o in outputs]) for key in ("probs", "labels")}
+        if merged["labels"].ndim != 1:  # one label per row only (multi-label rows have a vector)
+            return
         preds = torch.cat([o["preds"] for o in outputs]) if "preds" in outputs[0] else merged["probs"].argmax(-1)
         datamodule = trainer.datamodule
         raw = getattr(datamodule, "raw", None)
@@ -132,6 +134,10 @@ class RunOutputs(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._note_best(trainer)
+        ckpt = trainer.checkpoint_callback
+        if not self._best_val and ckpt is not None and ckpt.monitor and _scalar(ckpt.best_model_score) is not None:
+            # resumed, and the best checkpoint predates the resume: only its monitored value is known
+            self._best_val = {ckpt.monitor: _scalar(ckpt.best_model_score)}
         if self._best_val:
             self._save_metrics(trainer, "val/", self._best_val)
         self._save_metrics(trainer, "train/")  # final train loss and throughput (Throughput)
@@ -384,7 +390,8 @@ class Plots(L.Callback):
             probs = torch.cat([o["probs"] for o in outputs])[:, 1]
             labels = torch.cat([o["labels"] for o in outputs])
             preds = torch.cat([o["preds"] for o in outputs]) if "preds" in outputs[0] else None
-            plots.precision_recall(probs, labels, names[1], folder / "precision_recall.png", preds)
+            if labels.ndim == 1:
+                plots.precision_recall(probs, labels, names[1], folder / "precision_recall.png", preds)
 
 
 class HFExport(L.Callback):

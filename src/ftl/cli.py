@@ -92,6 +92,45 @@ class FTLCLI(LightningCLI):
             config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
         config.trainer.logger = self._loggers_in(config.trainer.logger, self.run_dir)
         self._adjust_callbacks(config.trainer)
+        self._earlier_metrics = self._metrics_before_resume(config)
+
+    def _metrics_before_resume(self, config) -> list[dict[str, float]]:
+        """The rows of a resumed run's metrics.csv up to its checkpoint: Lightning's CSV logger deletes the file
+        it finds, so they are handed to the new logger (`_keep_earlier_metrics`) and metrics.csv keeps every epoch."""
+        path = self.run_dir / "metrics.csv" if self.run_dir else None
+        if self.subcommand != "fit" or not config.get("ckpt_path") or not path or not path.is_file():
+            return []
+        ckpt = Path(config.checkpoint.dirpath) / "last.ckpt" if config.ckpt_path == "last" else Path(config.ckpt_path)
+        if not ckpt.is_file():
+            return []
+        import csv
+
+        import torch
+
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        step, epoch = state.get("global_step", 0), state.get("epoch", 0)
+        rows = []
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                try:
+                    values = {key: float(value) for key, value in row.items() if key and value not in ("", None)}
+                except ValueError:
+                    continue
+                if values.get("step", 0) <= step and values.get("epoch", 0) <= epoch:  # not the interrupted epoch
+                    values["step"] = int(values.get("step", 0))
+                    rows.append(values)
+        return rows
+
+    def _keep_earlier_metrics(self) -> None:
+        from lightning.pytorch.loggers import CSVLogger
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        rows = getattr(self, "_earlier_metrics", None)
+        if not rows or rank_zero_only.rank != 0:
+            return
+        for logger in self.trainer.loggers:
+            if isinstance(logger, CSVLogger) and Path(logger.log_dir).resolve() == self.run_dir.resolve():
+                logger.experiment.metrics[:0] = rows  # written out with the resumed run's first rows
 
     def _adjust_callbacks(self, trainer: Any) -> None:
         """Rich's progress bar when a person watches (stdout is a terminal; logs and CI keep Lightning's plain
@@ -222,6 +261,7 @@ class FTLCLI(LightningCLI):
             if find_user_error(err):
                 self._discard_run_dir()
             raise
+        self._keep_earlier_metrics()
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:

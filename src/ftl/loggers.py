@@ -268,11 +268,18 @@ def _cell(value: Any) -> Any:
 
 
 def finish_wandb(trainer: L.Trainer | None, run_dir: Path | None, ok: bool) -> None:
-    """End every started W&B run: send the run directory's files (when the run succeeded), then finish it,
-    so a later run in the same process (tests, in-process sweeps) starts a fresh one."""
+    """End every started W&B run: send the run directory's files (when the run succeeded), finish it, and stop
+    wandb's service. A later run in the same process (tests, in-process sweeps) then starts afresh: the service
+    would otherwise keep writing to this run's logs, and wandb would keep the settings it read at first start."""
+    finished = False
     for logger in wandb_loggers(trainer):
         if (run := _run_of(logger)) is None:
             continue
         if ok and run_dir is not None:
             _guarded("upload of run files", log_run_files, run, run_dir, bool(getattr(logger, "_log_model", False)))
         _guarded("finish", run.finish, exit_code=0 if ok else 1)
+        finished = True
+    if finished:
+        import wandb
+
+        _guarded("shutdown", wandb.teardown)

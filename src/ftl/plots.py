@@ -47,6 +47,8 @@ def loss_curves(rows: list[dict[str, float]], path: str | Path) -> Path | None:
     for key, (xs, ys) in curves.items():
         if xs:
             label, line, marker, alpha = style[key]
+            if marker is None and len(xs) < 30:  # a few logged steps: show each one
+                marker = "."
             ax.plot(xs, ys, linestyle=line, marker=marker, alpha=alpha, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

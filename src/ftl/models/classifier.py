@@ -159,8 +159,10 @@ class SequenceClassifier(L.LightningModule):
         metrics = classification_metrics(num_labels)
         # One attribute per stage (a ModuleDict cannot hold the key "train": nn.Module.train exists).
         self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone() for _ in STAGES)
+        from torchmetrics.aggregation import MeanMetric
         from torchmetrics.classification import MulticlassConfusionMatrix
 
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_confusion = MulticlassConfusionMatrix(num_labels)
         self.test_outputs: list[dict[str, torch.Tensor]] = []
 
@@ -256,9 +258,17 @@ class SequenceClassifier(L.LightningModule):
             self._val_scores.append(torch.stack([probs, labels.float()], dim=1))
         else:
             getattr(self, f"{stage}_metrics").update(self.predict_labels(logits.detach()), labels)
-        # Logging a tensor defers the host sync to the logger's flush, not every step.
-        self.log(f"{stage}/loss", loss.detach(), on_step=stage == "train", on_epoch=True,
-                 prog_bar=True, batch_size=labels.shape[0], sync_dist=stage != "train")
+        if stage == "train":
+            # Logging a tensor defers the host sync to the logger's flush, not every step.
+            self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
+                     batch_size=labels.shape[0])
+        else:
+            # A torchmetrics mean, not `self.log(..., sync_dist=True)`: with gloo, Lightning averages the summed
+            # batch sizes across processes in integer arithmetic, which skews the loss whenever the rows do not
+            # split evenly (ftl's evaluation shards never pad, so they often do not).
+            meter = getattr(self, f"{stage}_loss")
+            meter.update(loss.detach().float(), weight=labels.shape[0])
+            self.log(f"{stage}/loss", meter, on_step=False, on_epoch=True, prog_bar=True)
         return loss, logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -77,6 +77,9 @@ class MultiLabelClassifier(L.LightningModule):
             self.model = apply_lora(self.model, lora, task_type="SEQ_CLS")
         metrics = multilabel_metrics(num_labels, threshold)
         self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone() for _ in STAGES)
+        from torchmetrics.aggregation import MeanMetric
+
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
 
     def _load_model(self):
         from transformers import AutoModelForSequenceClassification
@@ -105,8 +108,13 @@ class MultiLabelClassifier(L.LightningModule):
         labels = batch["labels"].float()
         loss = F.binary_cross_entropy_with_logits(logits, labels)
         getattr(self, f"{stage}_metrics").update(logits.detach().sigmoid(), labels.long())
-        self.log(f"{stage}/loss", loss.detach(), on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 batch_size=labels.shape[0], sync_dist=stage != "train")
+        if stage == "train":
+            self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
+                     batch_size=labels.shape[0])
+        else:  # a torchmetrics mean: exact across DDP processes with uneven shares (see SequenceClassifier)
+            meter = getattr(self, f"{stage}_loss")
+            meter.update(loss.detach(), weight=labels.shape[0])
+            self.log(f"{stage}/loss", meter, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
