@@ -106,3 +106,28 @@ def test_bad_lora_settings_are_one_line_errors(tiny_bert):
         apply_lora(model, {"target_modules": ["no_such_layer"]}, "SEQ_CLS")
     with pytest.raises(FTLError, match="use only the keys"):
         apply_lora(model, {"rank": 4}, "SEQ_CLS")
+
+
+def test_causal_lm_takes_the_same_lora_and_export_merges_it(tiny_gpt2):
+    from transformers import AutoModelForCausalLM
+
+    from ftl.models.causal_lm import CausalLM
+    from ftl.models.lora import export_model, is_lora
+
+    module = CausalLM(pretrained=str(tiny_gpt2), lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    assert is_lora(module.model) and module.hparams["lora"]["r"] == 4
+    trainable = [name for name, p in module.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    torch.manual_seed(0)
+    for name, param in module.named_parameters():  # lora_B starts at zero: give the merge something to do
+        if "lora_B" in name:
+            param.data.normal_(0.0, 0.5)
+    ids = torch.tensor([[5, 17, 42, 8, 99, 3]])
+    module.model.eval()
+    with torch.no_grad():
+        adapted = module.model(input_ids=ids).logits
+        merged = export_model(module).eval()  # what hf_model/ and `ftl export` save
+        assert not is_lora(merged)
+        assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5)
+        base = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()
+        assert not torch.allclose(base(input_ids=ids).logits, adapted, atol=1e-3)

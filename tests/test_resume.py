@@ -65,3 +65,34 @@ def test_resuming_with_nothing_to_resume_is_a_one_line_error(tmp_path, tiny_data
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ftl: error:")]
     assert len(err) == 1 and "no run under" in err[0] and "last.ckpt" in err[0]
     assert not (tmp_path / "empty" / "task").exists()
+
+
+# ---------------------------------------------------------------------- callbacks that the task configs carry
+@pytest.mark.parametrize("config", ["depression", "cancer", "medical_abstracts", "imdb", "quickstart"])
+def test_task_configs_stop_early_on_the_checkpoint_metric_and_log_the_learning_rate(config):
+    import yaml
+
+    data = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text())
+    trainer = data["trainer"]
+    callbacks = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args", {}) for c in trainer["callbacks"]}
+    stop = callbacks["EarlyStopping"]
+    assert (stop["monitor"], stop["mode"]) == (data["checkpoint"]["monitor"], data["checkpoint"]["mode"])
+    assert stop["patience"] >= 1 and "LearningRateMonitor" in callbacks
+    assert trainer["gradient_clip_val"] == 1.0 and trainer["accumulate_grad_batches"] >= 1
+
+
+def test_runs_get_a_rich_progress_bar_and_no_lr_monitor_without_loggers(tmp_path, tiny_data_dir, tiny_bert):
+    from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+
+    from ftl.cli import FTLCLI
+
+    base = ["--config", str(ROOT / "configs" / "depression.yaml"), "--model.pretrained", str(tiny_bert),
+            "--data.class_path", "ftl.data.classification.TextClassificationDataModule",
+            "--data.data_dir", str(tiny_data_dir), "--data.max_length", "64"]
+    default = FTLCLI(args=[*base, "--trainer.logger", "true", "--run_dir", str(tmp_path / "a")], run=False)
+    assert isinstance(default.trainer.progress_bar_callback, RichProgressBar)  # rich is a dependency of ftl
+    assert any(isinstance(cb, LearningRateMonitor) for cb in default.trainer.callbacks)
+    bare = FTLCLI(args=[*base, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                        "--run_dir", str(tmp_path / "b")], run=False)
+    assert bare.trainer.progress_bar_callback is None
+    assert not any(isinstance(cb, LearningRateMonitor) for cb in bare.trainer.callbacks)

@@ -240,8 +240,10 @@ def test_runs_without_wandb_logger(logger, tmp_path, tiny_data_dir, tiny_bert, c
     assert (run_dir / "metrics.csv").exists() == (logger != "false")
 
 
-def test_run_files_are_sent_at_the_end(tmp_path):
+def test_run_files_are_sent_at_the_end(tmp_path, monkeypatch):
     """summary.md / compare.md, plots and generated answers in the run directory reach the W&B run."""
+    for var in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR"):  # as the CLI sets them: wandb's caches stay out of ~
+        monkeypatch.setenv(var, str(tmp_path / "wandb-cache"))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,9 +264,12 @@ def test_run_files_are_sent_at_the_end(tmp_path):
     (run_dir / "generations.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
     (run_dir / "predictions.jsonl").write_text('{"label": "a"}\n')  # no generated answers: not a table
 
+    wandb.teardown()  # wandb reads the environment once per process
     run = wandb.init(project="ftl", dir=str(run_dir), mode="offline")
     log_run_files(run, run_dir)
     run.finish()
+    wandb.teardown()
+    assert list((tmp_path / "wandb-cache").rglob("core-debug-*.log"))
     folder, stored = offline_run(run_dir)
     # saved into the run's files (wandb writes their upload record asynchronously, so it is not checked here)
     assert (folder / "files" / "summary.md").read_text() == "# Run summary\n"

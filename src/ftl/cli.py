@@ -133,23 +133,18 @@ class FTLCLI(LightningCLI):
                 logger.experiment.metrics[:0] = rows  # written out with the resumed run's first rows
 
     def _adjust_callbacks(self, trainer: Any) -> None:
-        """Rich's progress bar when a person watches (stdout is a terminal; logs and CI keep Lightning's plain
-        one), and no LearningRateMonitor from a task config when `--trainer.logger false` leaves it nowhere to log."""
-        import importlib.util
+        """No LearningRateMonitor from a task config when `--trainer.logger false` leaves it nowhere to log.
+
+        (The progress bar needs nothing here: with `rich` installed, as ftl requires, Lightning's default is
+        RichProgressBar, which animates in a terminal and writes only finished bars to a log file.)
+        """
 
         def name(callback: Any) -> str:
             return str(callback.get("class_path", "")) if hasattr(callback, "get") else type(callback).__name__
 
-        names = [name(cb) for cb in trainer.get("callbacks") or []]
-        if trainer.get("logger") is False and any(n.endswith("LearningRateMonitor") for n in names):
+        if trainer.get("logger") is False and any(name(cb).endswith("LearningRateMonitor")
+                                                 for cb in trainer.get("callbacks") or []):
             trainer.callbacks = [cb for cb in trainer.callbacks if not name(cb).endswith("LearningRateMonitor")]
-        if trainer.get("enable_progress_bar") is False or not sys.stdout.isatty():
-            return
-        if any("ProgressBar" in n for n in names) or importlib.util.find_spec("rich") is None:
-            return
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        self.trainer_defaults["callbacks"] = [*self.trainer_defaults.get("callbacks", []), RichProgressBar()]
 
     def _resume_last(self, config) -> Path | None:
         """`--ckpt_path last` without `--run_dir`: the newest run of this config that saved a last.ckpt.

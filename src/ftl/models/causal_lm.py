@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftl.models.lora import LoraSettings, apply_lora, as_hparam, log_parameter_counts
 from ftl.models.optim import SchedulerName, configure_adamw
 
 IGNORE_INDEX = -100
@@ -77,6 +78,7 @@ class CausalLM(L.LightningModule):
         val_generation_samples: int = 0,
         test_generation_samples: int | None = None,
         trust_remote_code: bool = False,
+        lora: LoraSettings | None = None,
     ) -> None:
         """
         Args:
@@ -88,12 +90,15 @@ class CausalLM(L.LightningModule):
             val_generation_samples: val rows to generate answers for each epoch (val ROUGE); 0 = none.
                 The first rows in evaluation order (longest first): generation is slow, whole batches cheaper.
             test_generation_samples: test rows to generate answers for (None = all; 0 = no ROUGE).
+            lora: train LoRA adapters instead of every weight (`r`, `alpha`, `dropout`, `target_modules`);
+                see `ftl.models.lora`. The export merges them into a plain model.
         """
         super().__init__()
         if max_new_tokens < 1:
             from ftl.errors import FTLError
 
             raise FTLError(f"model.max_new_tokens must be a positive integer, got {max_new_tokens}")
+        lora = as_hparam(lora)  # a plain dict in the checkpoint, so it loads with weights_only=True
         self.save_hyperparameters()
         # LightningCLI records every applied argument link in hparams, also `num_labels`/`label_names` that
         # this class does not take; kept, they would be passed back to __init__ when a checkpoint is loaded
@@ -104,6 +109,8 @@ class CausalLM(L.LightningModule):
         # from_pretrained returns eval mode, and Lightning keeps each submodule's mode: without this,
         # dropout would be off during training (HF Trainer calls model.train() for the same reason).
         self.model = self._load_model().train()
+        if lora:
+            self.model = apply_lora(self.model, lora, task_type="CAUSAL_LM")
         self.val_loss, self.test_loss = self._mean(), self._mean()
         self.val_rouge, self.test_rouge = rouge_metric(), rouge_metric()
         self.generations: list[dict[str, Any]] = []
@@ -139,6 +146,9 @@ class CausalLM(L.LightningModule):
                 tok.pad_token = tok.eos_token
             self._own_tokenizer = tok
         return self._own_tokenizer
+
+    def on_fit_start(self) -> None:
+        log_parameter_counts(self)
 
     def setup(self, stage: str) -> None:
         """Give the model the tokenizer's pad/eos ids, so `generate` and a saved model agree with the data."""
