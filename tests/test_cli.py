@@ -88,10 +88,7 @@ def test_runs_never_share_a_directory(tmp_path, tiny_data_dir, tiny_bert, cli):
     cli(*args)
     first = sorted((root / "depression").iterdir())
     assert len(first) == 1
-    # W&B's shared wandb-core service keeps appending to its own logs of a finished offline run while the
-    # same *process* starts another run (an artefact of two runs in one test process; separate `ftl`
-    # processes are unaffected), so W&B's folder is left out of this check.
-    snapshot = {p: p.read_bytes() for p in first[0].rglob("*") if p.is_file() and "wandb" not in p.parts}
+    snapshot = {p: p.read_bytes() for p in first[0].rglob("*") if p.is_file()}
     cli(*args)
     runs = sorted((root / "depression").iterdir())
     assert len(runs) == 2

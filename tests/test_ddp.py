@@ -112,3 +112,23 @@ def test_two_process_ddp_fit_on_cpu_scores_every_validation_row_once(odd_dir, ti
     with open(run / "confusion_matrix.csv", newline="") as f:
         matrix = [[int(v) for v in row[1:]] for row in list(csv.reader(f))[1:]]
     assert sum(map(sum, matrix)) == N_TEST
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("cpu", {"accelerator": "cpu", "devices": 1, "precision": "32-true"}),
+    ("gpu-bf16", {"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed"}),
+    ("ddp", {"strategy": "ddp", "devices": "auto"}),
+    ("fsdp", {"accelerator": "gpu", "precision": "bf16-mixed"}),
+])
+def test_trainer_presets_merge_into_a_task_config(preset, expected, cli, capsys):
+    import yaml
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli("fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
+            "--trainer", str(ROOT / "configs" / "trainer" / f"{preset}.yaml"), "--print_config")
+    assert exit_info.value.code == 0
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert {key: trainer[key] for key in expected} == expected
+    assert trainer["max_epochs"] == 2 and trainer["gradient_clip_val"] == 1.0  # the task config's values stay
+    if preset == "fsdp":
+        assert trainer["strategy"]["class_path"].endswith("FSDPStrategy")

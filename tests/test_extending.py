@@ -20,7 +20,7 @@ def multilabel_run(tmp_path_factory, tiny_bert):
     run_cli("fit", "--config", str(ROOT / "configs" / "multilabel_example.yaml"),
             "--model.pretrained", str(tiny_bert), "--model.learning_rate", "1e-3",
             "--data.n_train", "48", "--data.n_val", "24", "--data.n_test", "24", "--data.max_length", "64",
-            "--data.batch_size", "8", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+            "--data.batch_size", "8", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
             "--run_dir", str(run_dir))
     return run_dir
 

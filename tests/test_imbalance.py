@@ -68,11 +68,13 @@ def test_bad_class_weights_are_one_line_errors(tiny_bert):
 
 
 def test_cli_links_training_label_counts_into_balanced_weights(imbalanced_dir, tiny_bert, tmp_path, cli):
+    """Both options from the command line: the data's training counts reach the model; oversample the data."""
     run = tmp_path / "run"
     cli("fit", "--config", str(ROOT / "configs" / "depression.yaml"), "--model.pretrained", str(tiny_bert),
         "--data.data_dir", str(imbalanced_dir), "--data.dataset", "null", "--data.max_length", "64",
-        "--model.class_weights", "balanced", "--trainer.max_epochs", "1", "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false", "--test_after_fit", "false", "--run_dir", str(run))
+        "--model.class_weights", "balanced", "--data.oversample", "true", "--trainer.max_epochs", "1",
+        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--test_after_fit", "false",
+        "--run_dir", str(run))
     hparams = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
     counts = train_counts(imbalanced_dir)
     assert hparams["label_counts"] == counts and counts[1] < counts[0] / 2
@@ -82,6 +84,9 @@ def test_cli_links_training_label_counts_into_balanced_weights(imbalanced_dir, t
     module = SequenceClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True)
     total = sum(counts)
     assert module.class_weight.tolist() == pytest.approx([total / (2 * c) for c in counts])
+    import yaml
+
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]["oversample"] is True
 
 
 def label_mix(folder: Path, tiny_bert: Path, epochs: int = 4, **kwargs) -> tuple[float, list[int]]:
@@ -112,16 +117,3 @@ def test_oversampling_balances_the_training_label_mix(imbalanced_dir, tiny_bert)
     assert natural < 0.25 and 0.4 < mixed < 0.6
     again, _ = label_mix(imbalanced_dir, tiny_bert, oversample=True)
     assert again == mixed  # seeded
-
-
-def test_oversample_through_the_cli(imbalanced_dir, tiny_bert, tmp_path, cli):
-    """The flag reaches the data module from a config and training runs on the drawn rows."""
-    cli("fit", "--config", str(ROOT / "configs" / "depression.yaml"), "--model.pretrained", str(tiny_bert),
-        "--data.data_dir", str(imbalanced_dir), "--data.dataset", "null", "--data.max_length", "64",
-        "--data.oversample", "true", "--trainer.max_epochs", "1", "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false", "--test_after_fit", "false", "--run_dir", str(tmp_path / "run"))
-    import yaml
-
-    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert config["data"]["init_args"]["oversample"] is True
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

@@ -136,7 +136,7 @@ class FTLCLI(LightningCLI):
         """No LearningRateMonitor from a task config when `--trainer.logger false` leaves it nowhere to log.
 
         (The progress bar needs nothing here: with `rich` installed, as ftl requires, Lightning's default is
-        RichProgressBar, which animates in a terminal and writes only finished bars to a log file.)
+        RichProgressBar; `--trainer.enable_progress_bar false` turns it off for logs.)
         """
 
         def name(callback: Any) -> str:

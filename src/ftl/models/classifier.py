@@ -11,7 +11,7 @@ from torch import nn
 
 from ftl.errors import FTLError
 from ftl.models.lora import LoraSettings, apply_lora, as_hparam, log_parameter_counts
-from ftl.models.optim import SchedulerName, configure_adamw
+from ftl.models.optim import SchedulerName, configure_module_adamw
 
 STAGES = ("train", "val", "test")
 
@@ -350,15 +350,4 @@ class SequenceClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return configure_adamw(
-            self.model,
-            learning_rate=hp.learning_rate,
-            weight_decay=hp.weight_decay,
-            betas=hp.betas,
-            eps=hp.eps,
-            scheduler=hp.scheduler,
-            warmup_steps=hp.warmup_steps,
-            warmup_ratio=hp.warmup_ratio,
-            total_steps=int(self.trainer.estimated_stepping_batches),
-        )
+        return configure_module_adamw(self)

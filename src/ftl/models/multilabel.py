@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ftl.models.classifier import STAGES, flatten_metrics
 from ftl.models.lora import LoraSettings, apply_lora, as_hparam, log_parameter_counts
-from ftl.models.optim import SchedulerName, configure_adamw
+from ftl.models.optim import SchedulerName, configure_module_adamw
 
 
 def multilabel_metrics(num_labels: int, threshold: float):
@@ -151,9 +151,4 @@ class MultiLabelClassifier(L.LightningModule):
         self._log_epoch_metrics("test")
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return configure_adamw(
-            self.model, learning_rate=hp.learning_rate, weight_decay=hp.weight_decay, betas=hp.betas, eps=hp.eps,
-            scheduler=hp.scheduler, warmup_steps=hp.warmup_steps, warmup_ratio=hp.warmup_ratio,
-            total_steps=int(self.trainer.estimated_stepping_batches),
-        )
+        return configure_module_adamw(self)

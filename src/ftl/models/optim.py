@@ -59,3 +59,19 @@ def configure_adamw(
     name = {"constant": "constant_with_warmup"}.get(scheduler, scheduler)
     schedule = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
+
+
+def configure_module_adamw(module) -> dict:
+    """`configure_optimizers` for any ftl module whose hparams hold the optimiser settings (one recipe for all)."""
+    hp = module.hparams
+    return configure_adamw(
+        module.model,
+        learning_rate=hp.learning_rate,
+        weight_decay=hp.weight_decay,
+        betas=hp.betas,
+        eps=hp.eps,
+        scheduler=hp.scheduler,
+        warmup_steps=hp.warmup_steps,
+        warmup_ratio=hp.warmup_ratio,
+        total_steps=int(module.trainer.estimated_stepping_batches),
+    )
