@@ -115,8 +115,9 @@ def test_export_command_on_a_checkpoint_with_varied_predictions(fitted, tiny_dat
     inputs, texts = texts_file(tiny_data_dir, tmp_path, n=32)
     rows = ftl_predictions(cli, tiny_data_dir, tiny_bert, tmp_path / "predict", ckpt, inputs)
     assert len({row["predicted_label"] for row in rows}) >= 3
-    # these weights amplify rounding differences between padded batches and single rows: measured up to 5e-4
-    assert_pipeline_agrees(tmp_path / "exported", texts, rows, data.label_names, atol=2e-3)
+    # these weights (attention x50, pooler x20) amplify float32 rounding differences between padded batches and
+    # single rows: measured up to 5e-4 on one machine and 2.5e-3 on CI's; a wrong head or label order is off by >0.1
+    assert_pipeline_agrees(tmp_path / "exported", texts, rows, data.label_names, atol=5e-3)
 
 
 def test_export_command_finds_the_run_config_and_refuses_bad_input(fitted, tmp_path, cli, capsys):
