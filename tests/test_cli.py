@@ -232,3 +232,41 @@ def test_quick_top_level_help_names_exactly_the_real_subcommands():
     assert listed == set(FTLCLI.subcommands()) | set(EXTRA_COMMANDS)
     for name in listed:
         assert re.search(rf"^  {name} ", USAGE, re.M), name
+
+
+def test_class_names_without_a_config_on_one_spreadsheet_csv(tmp_path, tiny_bert, cli, capsys):
+    """A new user's first run: no YAML, classes by name, one CSV as spreadsheets export it (BOM, string labels
+    with a leading space, an empty text cell): val/test are carved from it, labels are stripped, empties warned."""
+    import csv
+
+    path = tmp_path / "notes.csv"
+    labels = [" asthma", " diabetes", " migraine"]
+    with open(path, "w", newline="", encoding="utf-8-sig") as f:
+        writer = csv.writer(f)
+        writer.writerow(["note_id", "note", "specialty"])
+        for i in range(90):
+            writer.writerow([i, "" if i == 7 else f"patient reports {labels[i % 3].strip()} symptoms", labels[i % 3]])
+    cli("fit", "--model", "SequenceClassifier", "--data", "TextClassificationDataModule",
+        "--model.pretrained", str(tiny_bert), "--data.data_files", str(path), "--data.text_column", "note",
+        "--data.label_column", "specialty", "--data.max_length", "32", "--trainer.max_epochs", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--run_dir", str(tmp_path / "run"))
+    assert "1 of 90 rows in the train split have an empty 'note'" in capsys.readouterr().err
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["model"]["class_path"] == "ftl.models.classifier.SequenceClassifier"
+    assert config["data"]["class_path"] == "ftl.data.classification.TextClassificationDataModule"
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {f"test/f1/{name.strip()}" for name in labels} <= set(metrics)
+    with open(tmp_path / "run" / "test_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 and {row["label"] for row in rows} <= {"asthma", "diabetes", "migraine"}
+
+
+def test_a_mistyped_option_is_a_short_error_not_the_usage_wall(tmp_path, tiny_data_dir, tiny_bert, cli, capsys):
+    args = fit_args("depression", tiny_data_dir, tiny_bert, tmp_path / "run", "--model.learning_rat", "1e-4")
+    with pytest.raises(SystemExit) as exit_info:
+        cli(*args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "learning_rat" in err and "--help` lists every option" in err
+    assert "usage:" not in err and len(err.splitlines()) < 15
+    assert not (tmp_path / "run").exists()

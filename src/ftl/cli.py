@@ -38,6 +38,8 @@ class FTLCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         self.run_dir: Path | None = None
         self._made_run_dir = False
+        import_builtin_classes()
+        kwargs.setdefault("parser_class", FTLArgumentParser)
         super().__init__(
             model_class=None,
             datamodule_class=None,
@@ -290,6 +292,33 @@ class FTLCLI(LightningCLI):
 
             compare_after_fit(self.model, self.datamodule, self.run_dir, best or None, config.seed_everything,
                               config.trainer)
+
+
+# ftl's own modules and data modules, imported before parsing so `--model SequenceClassifier` or
+# `--data TextClassificationDataModule` work by class name (jsonargparse resolves names among loaded subclasses).
+BUILTIN_MODULES = (
+    "ftl.models.classifier", "ftl.models.causal_lm", "ftl.models.multilabel",
+    "ftl.data.classification", "ftl.data.qa", "ftl.data.multilabel", "ftl.data.synthetic",
+)
+
+
+def import_builtin_classes() -> None:
+    import importlib
+
+    for name in BUILTIN_MODULES:
+        importlib.import_module(name)
+
+
+class FTLArgumentParser(LightningArgumentParser):
+    """Parse errors as a short message and a pointer to --help, instead of the full usage of every option."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "").replace("__main__.py", "python -m ftl")
+        sys.stderr.write(f"{prog}: error: {message.strip()}\n(`{prog} --help` lists every option)\n")
+        raise SystemExit(2)
 
 
 class RunConfig(SaveConfigCallback):

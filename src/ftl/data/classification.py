@@ -6,6 +6,7 @@ The per-dataset classes below hold defaults only (source, label names); all logi
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ftl.data.text import TextDataModule, column, column_error
@@ -86,6 +87,11 @@ class TextClassificationDataModule(TextDataModule):
             ):
                 if name not in ds.column_names:
                     raise column_error(kind, name, split, ds.column_names, option)
+        for split, ds in raw.items():
+            empty = sum(1 for text in column(ds, self.text_column) if text is None or not str(text).strip())
+            if empty:  # kept (dropping test rows would change the metrics' denominator), but worth knowing
+                print(f"ftl: warning: {empty} of {len(ds)} rows in the {split} split have an empty "
+                      f"'{self.text_column}'", file=sys.stderr)
         if self._label_names is None:
             self._label_names = self._infer_label_names(raw)
         names = self._label_names
@@ -110,6 +116,7 @@ class TextClassificationDataModule(TextDataModule):
         if source_names is not None:  # ClassLabel ints: map through the source's names
             value = source_names[value]
         if isinstance(value, str):
+            value = value.strip()  # " Surgery" (as exported by spreadsheets) is the label "Surgery"
             if value in index:
                 return index[value]
             if value.strip().lstrip("-").isdigit():
@@ -139,7 +146,7 @@ class TextClassificationDataModule(TextDataModule):
             return list(feature.names)
         values = [v for ds in raw.values() for v in column(ds, self.label_column) if v is not None]
         if all(isinstance(v, str) for v in values):
-            return sorted(set(values))
+            return sorted({v.strip() for v in values})
         ints = sorted({int(v) for v in values})
         if "label_name" in train.column_names:  # int labels with a readable name column (shared/data)
             pairs = {}
