@@ -6,7 +6,9 @@ The per-dataset classes below hold defaults only (source, label names); all logi
 
 from __future__ import annotations
 
+import hashlib
 import sys
+from array import array
 from typing import Any
 
 from ftl.data.text import TextDataModule, column, column_error
@@ -105,7 +107,9 @@ class TextClassificationDataModule(TextDataModule):
             values = column(ds, self.label_column)
             ids = [self._label_id(v, index, source_names, split) for v in values]
             keep = [c for c in ds.column_names if c not in ("labels",)]
-            ds = ds.select_columns(keep).add_column("labels", ids)
+            # a fingerprint from the ids' bytes: `datasets` would pickle-hash the list (most of a cached run's time)
+            digest = hashlib.sha256(array("q", ids).tobytes() + repr(names).encode()).hexdigest()[:16]
+            ds = ds.select_columns(keep).add_column("labels", ids, new_fingerprint=f"{ds._fingerprint}-{digest}")
             ds = ds.cast_column("labels", datasets.ClassLabel(names=names))
             out[split] = ds
         return datasets.DatasetDict(out)
