@@ -57,6 +57,18 @@ def test_interrupted_then_resumed_run_ends_like_an_unbroken_run(tmp_path, tiny_d
         epochs = {int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("val/loss")}
     assert epochs == {0, 1}
 
+    # `test --ckpt_path last` evaluates the newest run's last.ckpt, into a new directory of its own
+    def test_args(*extra: str) -> list[str]:
+        return ["test", *args(tiny_data_dir, tiny_bert, root, *extra)[1:]]
+
+    cli(*test_args("--ckpt_path", "last"))
+    cli(*test_args("--ckpt_path", str(broken / "checkpoints" / "last.ckpt")))
+    tested = sorted(run for run in (root / "task").iterdir() if run != broken)
+    assert len(tested) == 2 and all(run.name.endswith(("-test", "-test-2")) for run in tested), tested
+    by_name, by_path = (json.loads((run / "metrics.json").read_text()) for run in tested)
+    assert by_name["test/loss"] == pytest.approx(by_path["test/loss"], abs=1e-6)
+    assert not (broken / "checkpoints" / "last-v1.ckpt").exists()  # the resumed run itself was not touched
+
 
 def test_resuming_with_nothing_to_resume_is_a_one_line_error(tmp_path, tiny_data_dir, tiny_bert, cli, capsys):
     with pytest.raises(SystemExit) as exit_info:
