@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 import torch
@@ -56,6 +57,10 @@ def configure_adamw(
     on_cuda = any(p.is_cuda for g in params for p in g["params"])
     optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=tuple(betas), eps=eps, fused=on_cuda or None)
     warmup = warmup_steps_for(total_steps, warmup_steps, warmup_ratio)
+    if warmup >= total_steps > 0:  # e.g. a recipe's 50 warmup steps on a short run: lr never reaches its peak
+        print(f"ftl: warning: {warmup} warmup steps >= the run's {total_steps} optimizer steps, so the learning "
+              f"rate never reaches {learning_rate:g}: lower model.warmup_steps or use model.warmup_ratio",
+              file=sys.stderr)
     name = {"constant": "constant_with_warmup"}.get(scheduler, scheduler)
     schedule = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
