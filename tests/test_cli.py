@@ -270,3 +270,17 @@ def test_a_mistyped_option_is_a_short_error_not_the_usage_wall(tmp_path, tiny_da
     assert "learning_rat" in err and "--help` lists every option" in err
     assert "usage:" not in err and len(err.splitlines()) < 15
     assert not (tmp_path / "run").exists()
+
+
+def test_fit_without_validation_drops_early_stopping_and_tests_the_latest_model(tmp_path, tiny_data_dir, tiny_bert,
+                                                                                cli, capsys):
+    """The task configs stop early on val/f1_macro; with validation off that metric never exists."""
+    cli(*fit_args("depression", tiny_data_dir, tiny_bert, tmp_path / "run", "--trainer.limit_val_batches", "0",
+                  "--trainer.logger", "false"))
+    assert "validation is off (limit_val_batches 0)" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "test/accuracy" in metrics and not any(key.startswith("val/") for key in metrics)
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["checkpoint"]["monitor"] is None
+    assert not any("EarlyStopping" in cb["class_path"] for cb in config["trainer"]["callbacks"] or [])
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

@@ -94,6 +94,7 @@ class FTLCLI(LightningCLI):
             config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
         config.trainer.logger = self._loggers_in(config.trainer.logger, self.run_dir)
         self._adjust_callbacks(config.trainer)
+        self._without_validation(config)
         self._earlier_metrics = self._metrics_before_resume(config)
 
     def _metrics_before_resume(self, config) -> list[dict[str, float]]:
@@ -147,6 +148,20 @@ class FTLCLI(LightningCLI):
         if trainer.get("logger") is False and any(name(cb).endswith("LearningRateMonitor")
                                                  for cb in trainer.get("callbacks") or []):
             trainer.callbacks = [cb for cb in trainer.callbacks if not name(cb).endswith("LearningRateMonitor")]
+
+    def _without_validation(self, config: Any) -> None:
+        """`--trainer.limit_val_batches 0` (a quick or timing run): nothing to stop early or pick a best checkpoint
+        on, so the config's EarlyStopping is dropped and checkpoints keep the latest model, said in one line."""
+        if config.trainer.get("limit_val_batches") not in (0, 0.0):
+            return
+        callbacks = config.trainer.get("callbacks") or []
+        kept = [cb for cb in callbacks if not str(getattr(cb, "get", lambda *_: "")("class_path", "")
+                                                      ).endswith("EarlyStopping")]
+        if len(kept) != len(callbacks) or config.checkpoint.monitor:
+            print("ftl: validation is off (limit_val_batches 0): no early stopping, checkpoints keep the latest "
+                  "model", file=sys.stderr)
+        config.trainer.callbacks = kept
+        config.checkpoint.monitor = None
 
     def _resume_last(self, config) -> Path | None:
         """`--ckpt_path last` without `--run_dir`: the newest run of this config that saved a last.ckpt.
