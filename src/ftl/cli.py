@@ -141,13 +141,10 @@ class FTLCLI(LightningCLI):
         (The progress bar needs nothing here: with `rich` installed, as ftl requires, Lightning's default is
         RichProgressBar; `--trainer.enable_progress_bar false` turns it off for logs.)
         """
-
-        def name(callback: Any) -> str:
-            return str(callback.get("class_path", "")) if hasattr(callback, "get") else type(callback).__name__
-
-        if trainer.get("logger") is False and any(name(cb).endswith("LearningRateMonitor")
+        if trainer.get("logger") is False and any(_callback_name(cb).endswith("LearningRateMonitor")
                                                  for cb in trainer.get("callbacks") or []):
-            trainer.callbacks = [cb for cb in trainer.callbacks if not name(cb).endswith("LearningRateMonitor")]
+            trainer.callbacks = [cb for cb in trainer.callbacks
+                                 if not _callback_name(cb).endswith("LearningRateMonitor")]
 
     def _without_validation(self, config: Any) -> None:
         """`--trainer.limit_val_batches 0` (a quick or timing run): nothing to stop early or pick a best checkpoint
@@ -155,8 +152,7 @@ class FTLCLI(LightningCLI):
         if config.trainer.get("limit_val_batches") not in (0, 0.0):
             return
         callbacks = config.trainer.get("callbacks") or []
-        kept = [cb for cb in callbacks if not str(getattr(cb, "get", lambda *_: "")("class_path", "")
-                                                      ).endswith("EarlyStopping")]
+        kept = [cb for cb in callbacks if not _callback_name(cb).endswith("EarlyStopping")]
         if len(kept) != len(callbacks) or config.checkpoint.monitor:
             print("ftl: validation is off (limit_val_batches 0): no early stopping, checkpoints keep the latest "
                   "model", file=sys.stderr)
@@ -307,6 +303,11 @@ class FTLCLI(LightningCLI):
 
             compare_after_fit(self.model, self.datamodule, self.run_dir, best or None, config.seed_everything,
                               config.trainer)
+
+
+def _callback_name(callback: Any) -> str:
+    """The class path of a callback as the config holds it (a class_path namespace, or an instance)."""
+    return str(callback.get("class_path", "")) if hasattr(callback, "get") else type(callback).__name__
 
 
 # ftl's own modules and data modules, imported before parsing so `--model SequenceClassifier` or
