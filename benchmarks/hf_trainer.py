@@ -71,6 +71,15 @@ def _load_splits(data_dir: str) -> tuple[dict[str, pd.DataFrame], dict[int, str]
     return frames, dict(sorted(id2label.items()))
 
 
+def _same_rows_as_ftl(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """The rows ftl's `data.max_samples` keeps (`Dataset.shuffle(seed).select(range(n))` in file order), so a
+    capped comparison trains and tests both sides on the same rows (not ftl's random n against the first n)."""
+    if len(df) <= n:
+        return df
+    order = Dataset.from_dict({"row": list(range(len(df)))}).shuffle(seed=seed)["row"][:n]
+    return df.iloc[list(order)].reset_index(drop=True)
+
+
 def _accuracy_f1_macro(preds: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Accuracy and macro F1 over the classes present in ``labels`` or ``preds`` (as sklearn does)."""
     preds = np.asarray(preds).astype(int)
@@ -113,9 +122,9 @@ def run_hf_trainer(
     frames, id2label = _load_splits(data_dir)
     train_df, test_df = frames["train"], frames["test"]
     if max_train_samples is not None:
-        train_df = train_df.iloc[:max_train_samples]
+        train_df = _same_rows_as_ftl(train_df, max_train_samples, seed)
     if max_eval_samples is not None:
-        test_df = test_df.iloc[:max_eval_samples]
+        test_df = _same_rows_as_ftl(test_df, max_eval_samples, seed)
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     padding: bool | str = "max_length" if variant == "pad_max_length" else False

@@ -261,14 +261,22 @@ def test_class_names_without_a_config_on_one_spreadsheet_csv(tmp_path, tiny_bert
     assert len(rows) == 9 and {row["label"] for row in rows} <= {"asthma", "diabetes", "migraine"}
 
 
-def test_a_mistyped_option_is_a_short_error_not_the_usage_wall(tmp_path, tiny_data_dir, tiny_bert, cli, capsys):
-    args = fit_args("depression", tiny_data_dir, tiny_bert, tmp_path / "run", "--model.learning_rat", "1e-4")
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (["--model.learning_rat", "1e-4"], "error: model: Option 'learning_rat' is not accepted"),
+        (["--model.learning_rate", "fast"], "error: model.learning_rate: Expected a <class 'float'>. Got value: fast"),
+        (["--trainer.max_epochs", "x"], "error: trainer.max_epochs: Expected a <class 'int'>. Given value: x"),
+    ],
+)
+def test_a_bad_option_is_one_line_not_the_usage_wall(override, expected, tmp_path, tiny_data_dir, tiny_bert, cli,
+                                                     capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli(*args)
+        cli(*fit_args("depression", tiny_data_dir, tiny_bert, tmp_path / "run", *override))
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "learning_rat" in err and "--help` lists every option" in err
-    assert "usage:" not in err and len(err.splitlines()) < 15
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err[-2].endswith(expected), err
+    assert err[-1].endswith("--help` lists every option)") and not any("usage:" in line for line in err)
     assert not (tmp_path / "run").exists()
 
 

@@ -11,6 +11,7 @@ LightningDataModule plugs in without touching this file. The CLI adds only what 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -333,8 +334,30 @@ class FTLArgumentParser(LightningArgumentParser):
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "").replace("__main__.py", "python -m ftl")
-        sys.stderr.write(f"{prog}: error: {message.strip()}\n(`{prog} --help` lists every option)\n")
+        sys.stderr.write(f"{prog}: error: {condense_parse_error(message)}\n(`{prog} --help` lists every option)\n")
         raise SystemExit(2)
+
+
+# The lines of a jsonargparse message that say what was wrong (the rest lists every Union subtype tried).
+_PARSE_ERROR_DETAILS = ("Got value", "is not accepted", "Expected a path", "is required", "not a valid", "Import path")
+
+
+def condense_parse_error(message: str) -> str:
+    """`model.learning_rate: Expected a <class 'float'>. Got value: x` from jsonargparse's nested explanation
+    of a bad value in subclass mode; other messages are returned unchanged."""
+    lines = [line.strip().removeprefix("- ").strip() for line in message.strip().splitlines() if line.strip()]
+    detail = next((line for line in lines if any(mark in line for mark in _PARSE_ERROR_DETAILS)), None)
+    if detail is not None:
+        keys = re.findall(r'Parser key "([^"]+)"', message[: message.find(detail)])
+    else:  # a plain type mismatch: the first type expected and the value given
+        expected = next((line for line in lines if line.startswith("Expected a")), None)
+        given = next((line for line in lines if line.startswith("Given value:")), None)
+        if expected is None or given is None:
+            return message.strip()
+        detail, keys = f"{expected}. {given}", re.findall(r'Parser key "([^"]+)"', message)
+    if len(lines) == 1:
+        return message.strip()
+    return f"{'.'.join(keys)}: {detail}" if keys else detail
 
 
 class RunConfig(SaveConfigCallback):

@@ -218,6 +218,8 @@ def _error_line(output: str) -> str:
     jsonargparse rejected), else the last exception line, else the last line."""
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
     for i, line in enumerate(lines):
+        if ": error: " in line and not line.startswith("ftl: error:"):  # `python -m ftl fit: error: ...`
+            line = line[line.index(": error: ") + 2:]
         if line.startswith(("ftl: error:", "error:")):
             detail = next((ln for ln in lines[i + 1:] if "Got value" in ln), "") if line.endswith(":") else ""
             return f"{line} {detail}".strip()[:300]
