@@ -346,6 +346,8 @@ def condense_parse_error(message: str) -> str:
     """`model.learning_rate: Expected a <class 'float'>. Got value: x` from jsonargparse's nested explanation
     of a bad value in subclass mode; other messages are returned unchanged."""
     lines = [line.strip().removeprefix("- ").strip() for line in message.strip().splitlines() if line.strip()]
+    if len(lines) == 1:
+        return message.strip()
     detail = next((line for line in lines if any(mark in line for mark in _PARSE_ERROR_DETAILS)), None)
     if detail is not None:
         keys = re.findall(r'Parser key "([^"]+)"', message[: message.find(detail)])
@@ -355,8 +357,6 @@ def condense_parse_error(message: str) -> str:
         if expected is None or given is None:
             return message.strip()
         detail, keys = f"{expected}. {given}", re.findall(r'Parser key "([^"]+)"', message)
-    if len(lines) == 1:
-        return message.strip()
     return f"{'.'.join(keys)}: {detail}" if keys else detail
 
 

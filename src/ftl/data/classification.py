@@ -123,7 +123,7 @@ class TextClassificationDataModule(TextDataModule):
             value = value.strip()  # " Surgery" (as exported by spreadsheets) is the label "Surgery"
             if value in index:
                 return index[value]
-            if value.strip().lstrip("-").isdigit():
+            if value.lstrip("-").isdigit():
                 value = int(value)
             else:
                 raise FTLError(

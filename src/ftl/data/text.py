@@ -167,7 +167,7 @@ class TextDataModule(L.LightningDataModule):
         self._predict_raw = None
         self._tokenizer = None
         self._cache_keys: dict[str, str] = {}
-        self._tokenized: dict[str, tuple[str, Any]] = {}
+        self._tokenized: dict[str, Any] = {}  # per split; its cache key is fixed once computed (_cache_keys)
         self._tokenizer_key: str | None = None
         self.datasets: dict[str, Any] = {}
         if not (dataset or data_dir or data_files):
@@ -436,9 +436,8 @@ class TextDataModule(L.LightningDataModule):
         """The tokenized split, read from the on-disk cache when this exact tokenization was done before."""
         ds = self._split_data(split)
         key = self._cache_key(split)
-        done = self._tokenized.get(split)
-        if done is not None and done[0] == key:  # prepare_data already did it in this process
-            return done[1]
+        if split in self._tokenized:  # prepare_data already did it in this process
+            return self._tokenized[split]
         folder = self.cache_dir / "tokenized"
         folder.mkdir(parents=True, exist_ok=True)
         tokenized = ds.map(
@@ -452,7 +451,7 @@ class TextDataModule(L.LightningDataModule):
         )
         if self.carry_row_index:  # (a fingerprint from the key: `datasets` would pickle-hash the whole list)
             tokenized = tokenized.add_column("row_idx", list(range(len(tokenized))), new_fingerprint=f"{key}-row-idx")
-        self._tokenized[split] = (key, tokenized)
+        self._tokenized[split] = tokenized
         return tokenized
 
     def prepare_data(self) -> None:
