@@ -1,8 +1,9 @@
 """Hugging Face ``Trainer`` baseline for ftl's sequence-classification benchmarks.
 
 Fine-tunes ``AutoModelForSequenceClassification`` on ``<data_dir>/{train,val,test}.csv`` (columns
-``text,label,label_name``) with the plain HF recipe (AdamW, linear schedule, no warmup, no weight decay,
-no evaluation or checkpointing during training) and reports throughput, test accuracy / macro F1 and peak RSS.
+``text,label,label_name``) with the plain HF recipe (fused AdamW, the transformers-5 default; linear schedule,
+no warmup, no weight decay, no evaluation or checkpointing during training) and reports throughput, test
+accuracy / macro F1 and peak RSS.
 
 Variants:
 
@@ -153,7 +154,7 @@ def run_hf_trainer(
         per_device_eval_batch_size=eval_batch_size,
         learning_rate=learning_rate,
         num_train_epochs=epochs,
-        optim="adamw_torch",  # plain torch.optim.AdamW (the transformers-5 default is the fused variant)
+        optim="adamw_torch_fused",  # the transformers-5 default (torch >= 2.8), on CPU too; ftl uses it as well
         adam_beta1=0.9,
         adam_beta2=0.999,
         adam_epsilon=1e-8,

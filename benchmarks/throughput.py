@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import resource
+import shlex
 import statistics
 import sys
 import tempfile
@@ -45,7 +46,7 @@ def _ftl_args(cfg: dict, run_dir: str) -> list[str]:
     ]
     if cfg.get("max_train_samples"):
         args += ["--data.max_samples", str(cfg["max_train_samples"])]
-    return args
+    return args + shlex.split(cfg.get("ftl_args") or "")
 
 
 def _ftl_cli(cfg: dict, run_dir: str):
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-train-samples", type=int, default=None, help="cap every split (quick runs)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--ftl-args", default="", help='extra ftl options for ftl and the plain loop, e.g. '
+                        '--ftl-args="--data.group_batches 32" (with =)')
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args(argv)
 
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     model = _tiny_model(work / "tiny", data) if args.tiny else args.model
     cfg = {"model": model, "data": data, "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
            "lr": args.lr, "max_length": args.max_length, "epochs": args.epochs, "seed": args.seed,
-           "max_train_samples": args.max_train_samples}
+           "max_train_samples": args.max_train_samples, "ftl_args": args.ftl_args}
     print(f"# config: {json.dumps(cfg)}", flush=True)
 
     runs: dict[str, list[dict]] = {v: [] for v in args.variants}

@@ -91,18 +91,25 @@ def test_max_samples_caps_every_split(tiny_data_dir, tiny_bert):
     assert {split: len(ds) for split, ds in dm.raw.items()} == {"train": 10, "val": 10, "test": 10}
 
 
-def test_batches_are_padded_per_batch_to_a_multiple_of_8(tiny_data_dir, tiny_bert):
-    dm = make_dm(tiny_bert, data_dir=str(tiny_data_dir), max_length=128, batch_size=4, eval_batch_size=4)
+@pytest.mark.parametrize("pad_to_multiple_of", [None, 8])
+def test_batches_are_padded_per_batch_never_to_max_length(tiny_data_dir, tiny_bert, pad_to_multiple_of):
+    """Default: no rounding on a machine without CUDA (CPU gains nothing from it), 8 where CUDA is available."""
+    import torch
+
+    dm = make_dm(tiny_bert, data_dir=str(tiny_data_dir), max_length=128, batch_size=4, eval_batch_size=4,
+                 pad_to_multiple_of=pad_to_multiple_of)
     dm.prepare_data()
     dm.setup("fit")
+    multiple = pad_to_multiple_of or (8 if torch.cuda.is_available() else 1)
     lengths = set()
     for batch in dm.val_dataloader():
         assert set(batch) >= {"input_ids", "attention_mask", "labels"}
         width = batch["input_ids"].shape[1]
         longest = int(batch["attention_mask"].sum(1).max())
-        assert width % 8 == 0 and longest <= width < longest + 8
+        assert width % multiple == 0 and longest <= width < longest + multiple
         lengths.add(width)
     assert max(lengths) < 128
+    assert len(lengths) > 1
 
 
 def test_tokenization_is_cached_across_instances(tiny_data_dir, tiny_bert):

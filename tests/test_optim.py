@@ -77,3 +77,25 @@ def test_adamw_takes_the_given_betas_and_eps():
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults["betas"] == (0.8, 0.9) and optimizer.defaults["eps"] == 1e-6
     assert config["lr_scheduler"]["interval"] == "step"
+
+
+def test_cpu_uses_the_fused_adamw_kernel_with_the_same_update_as_the_loop():
+    """Fused AdamW on CPU is what HF Trainer uses by default; it must give the per-tensor loop's update."""
+    torch.manual_seed(0)
+    models = [Block(), Block()]
+    models[1].load_state_dict(models[0].state_dict())
+    start = models[0].dense.weight.detach().clone()
+    config = configure_adamw(models[0], learning_rate=1e-2, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8,
+                             scheduler="constant", total_steps=3, warmup_steps=0, warmup_ratio=0.0)
+    fused = config["optimizer"]
+    assert fused.defaults["fused"] is True
+    loop = torch.optim.AdamW(parameter_groups(models[1], 0.1), lr=1e-2, fused=False, foreach=False)
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for model, optimizer in zip(models, (fused, loop), strict=True):
+            optimizer.zero_grad()
+            model.out(model.LayerNorm(model.dense(x))).pow(2).mean().backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(models[0].dense.weight, start)  # the steps did move the weights

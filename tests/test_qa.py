@@ -64,14 +64,21 @@ def test_saved_tokenizer_round_trips_the_pad_setup(dm, tmp_path):
     assert again.padding_side == "left"
 
 
-def test_collate_pads_right_for_training_and_left_for_generation(dm):
+@pytest.mark.parametrize("pad_to_multiple_of", [None, 8])
+def test_collate_pads_right_for_training_and_left_for_generation(tiny_qa_dir, tiny_gpt2, pad_to_multiple_of):
+    import torch
+
+    dm = make_dm(tiny_qa_dir, tiny_gpt2, pad_to_multiple_of=pad_to_multiple_of)
+    dm.prepare_data()
+    dm.setup("fit")
+    multiple = pad_to_multiple_of or (8 if torch.cuda.is_available() else 1)
     tok = dm.tokenizer
     features = [dm.datasets["train"][i] for i in range(4)]
     lengths = [len(f["input_ids"]) for f in features]
     assert len(set(lengths)) > 1, "need rows of different lengths"
     batch = dm.collate(features)
     width = batch["input_ids"].shape[1]
-    assert width % 8 == 0 and width >= max(lengths) and width < max(lengths) + 8
+    assert width % multiple == 0 and max(lengths) <= width < max(lengths) + multiple
     for i, f in enumerate(features):
         n, p = lengths[i], f["prompt_length"]
         assert batch["input_ids"][i, :n].tolist() == f["input_ids"]
@@ -80,7 +87,8 @@ def test_collate_pads_right_for_training_and_left_for_generation(dm):
         assert (batch["labels"][i, n:] == IGNORE_INDEX).all()  # padding carries no loss
         assert (batch["input_ids"][i, n:] == tok.pad_token_id).all()
         prompt_width = batch["prompt_input_ids"].shape[1]
-        assert prompt_width % 8 == 0
+        longest_prompt = max(f["prompt_length"] for f in features)
+        assert prompt_width % multiple == 0 and longest_prompt <= prompt_width < longest_prompt + multiple
         assert batch["prompt_input_ids"][i, prompt_width - p:].tolist() == f["input_ids"][:p]
         assert batch["prompt_attention_mask"][i].tolist() == [0] * (prompt_width - p) + [1] * p
     assert batch["row_idx"].tolist() == [f["row_idx"] for f in features]

@@ -175,11 +175,12 @@ class TextClassificationDataModule(TextDataModule):
 
     @property
     def collator(self):
-        """Dynamic padding per batch to a multiple of 8, never to max_length."""
+        """Dynamic padding per batch (to `padding_multiple`), never to max_length."""
         if getattr(self, "_collator", None) is None:
             from transformers import DataCollatorWithPadding
 
-            self._collator = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8, return_tensors="pt")
+            self._collator = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=self.padding_multiple,
+                                                     return_tensors="pt")
         return self._collator
 
 

@@ -105,7 +105,8 @@ class MultiLabelDataModule(TextDataModule):
         from transformers import DataCollatorWithPadding
 
         if getattr(self, "_collator", None) is None:
-            self._collator = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8, return_tensors="pt")
+            self._collator = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=self.padding_multiple,
+                                                     return_tensors="pt")
         batch = self._collator(features)
         if "labels" in batch:
             batch["labels"] = batch["labels"].float()

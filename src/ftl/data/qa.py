@@ -212,21 +212,21 @@ class QADataModule(TextDataModule):
         """Training inputs padded right (labels with -100), plus the prompts alone padded LEFT for generation.
 
         Hand-written because one batch needs two paddings on opposite sides with different fill values;
-        per batch, to a multiple of 8, never to max_length.
+        per batch (to `padding_multiple`), never to max_length.
         """
         import torch
 
-        pad = self.tokenizer.pad_token_id
+        pad, multiple = self.tokenizer.pad_token_id, self.padding_multiple or 1
         ids = [list(f["input_ids"]) for f in features]
         prompts = [seq[: int(f["prompt_length"])] for seq, f in zip(ids, features, strict=True)]
         batch = {
-            "input_ids": pad_batch(ids, pad),
-            "attention_mask": pad_batch([[1] * len(s) for s in ids], 0),
-            "prompt_input_ids": pad_batch(prompts, pad, left=True),
-            "prompt_attention_mask": pad_batch([[1] * len(p) for p in prompts], 0, left=True),
+            "input_ids": pad_batch(ids, pad, multiple=multiple),
+            "attention_mask": pad_batch([[1] * len(s) for s in ids], 0, multiple=multiple),
+            "prompt_input_ids": pad_batch(prompts, pad, left=True, multiple=multiple),
+            "prompt_attention_mask": pad_batch([[1] * len(p) for p in prompts], 0, left=True, multiple=multiple),
         }
         if "labels" in features[0]:
-            batch["labels"] = pad_batch([list(f["labels"]) for f in features], IGNORE_INDEX)
+            batch["labels"] = pad_batch([list(f["labels"]) for f in features], IGNORE_INDEX, multiple=multiple)
         if "row_idx" in features[0]:
             batch["row_idx"] = torch.tensor([int(f["row_idx"]) for f in features], dtype=torch.long)
         return batch

@@ -1,9 +1,10 @@
 """Length-aware samplers: most CPU time in fine-tuning is spent on padding when batches mix lengths.
 
 Written here rather than taken from `transformers.trainer_pt_utils.LengthGroupedSampler` because that one
-sorts within mega-batches of 50 batches and always puts the longest batch first, which measurably costs
-accuracy on long-tailed data (about 0.01-0.02 here). These keep more randomness: small groups, a fresh
-seeded shuffle every epoch, and a shuffled batch order.
+sorts within mega-batches of 50 batches, keeps each mega-batch's batches in order (longest first) and puts the
+longest batch first, which measurably costs accuracy on long-tailed data (0.954 vs ftl's 0.979-0.985 test
+accuracy on depression_reddit). These group as tightly (64 batches by default) but keep more randomness:
+a fresh seeded shuffle every epoch and a shuffled order of all batches.
 
 Both samplers are also the distributed samplers: given `num_replicas`/`rank` each process gets its own shard.
 They subclass `DistributedSampler` for that reason: Lightning wraps any other sampler in a
@@ -44,7 +45,7 @@ class LengthGroupedSampler(DistributedSampler):
         self,
         lengths: Sequence[int],
         batch_size: int,
-        group_batches: int = 16,
+        group_batches: int = 64,
         seed: int = 0,
         weights: Sequence[float] | None = None,
         num_replicas: int = 1,

@@ -140,8 +140,9 @@ class TextDataModule(L.LightningDataModule):
         trust_remote_code: bool = False,
         predict_file: str | None = None,
         group_by_length: bool = True,
-        group_batches: int = 16,
+        group_batches: int = 64,
         sort_eval_by_length: bool = True,
+        pad_to_multiple_of: int | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -163,6 +164,7 @@ class TextDataModule(L.LightningDataModule):
         self.group_by_length = group_by_length
         self.group_batches = group_batches
         self.sort_eval_by_length = sort_eval_by_length
+        self.pad_to_multiple_of = pad_to_multiple_of
         self._raw = None
         self._predict_raw = None
         self._tokenizer = None
@@ -194,6 +196,17 @@ class TextDataModule(L.LightningDataModule):
     def train_sample_weights(self) -> list[float] | None:
         """One sampling weight per training row (oversampling), or None for a plain shuffle."""
         return None
+
+    @property
+    def padding_multiple(self) -> int | None:
+        """Batches are padded to a multiple of this: `pad_to_multiple_of`, or by default 8 where CUDA is
+        available (tensor-core shapes) and no rounding otherwise (a CPU gains nothing from it and would
+        pay ~4% more tokens on depression_reddit)."""
+        if self.pad_to_multiple_of is not None:
+            return self.pad_to_multiple_of if self.pad_to_multiple_of > 1 else None
+        import torch
+
+        return 8 if torch.cuda.is_available() else None
 
     # ---------------------------------------------------------------- hooks for subclasses
     def required_columns(self) -> list[str]:

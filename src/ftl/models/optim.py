@@ -50,12 +50,15 @@ def configure_adamw(
     warmup_ratio: float,
     total_steps: int,
 ) -> dict:
-    """The `configure_optimizers` return value: AdamW (fused on CUDA) + a per-step schedule."""
+    """The `configure_optimizers` return value: AdamW (fused kernel on CPU and CUDA) + a per-step schedule."""
     from transformers import get_scheduler
 
     params = parameter_groups(model, weight_decay)
-    on_cuda = any(p.is_cuda for g in params for p in g["params"])
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=tuple(betas), eps=eps, fused=on_cuda or None)
+    # torch's fused AdamW runs on CPU too (HF Trainer's default since torch 2.8); the per-tensor loop it replaces
+    # cost ~12% of a MiniLM step on 2 cores. Other devices (MPS, XLA) keep torch's default implementation.
+    devices = {p.device.type for g in params for p in g["params"]}
+    fused = True if devices and devices <= {"cpu", "cuda"} else None
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=tuple(betas), eps=eps, fused=fused)
     warmup = warmup_steps_for(total_steps, warmup_steps, warmup_ratio)
     if warmup >= total_steps > 0:  # e.g. a recipe's 50 warmup steps on a short run: lr never reaches its peak
         print(f"ftl: warning: {warmup} warmup steps >= the run's {total_steps} optimizer steps, so the learning "
