@@ -54,7 +54,8 @@ def tuned_run(tmp_path_factory, imbalanced_dir, tiny_bert):  # noqa: F811
     # stays the one this test was written on; choose_threshold itself is covered exactly above.
     run_cli("fit", "--config", str(ROOT / "configs" / "depression.yaml"), "--model.pretrained", str(tiny_bert),
             "--data.data_dir", str(imbalanced_dir), "--data.dataset", "null", "--data.max_length", "64",
-            "--model.learning_rate", "3e-4", "--model.tune_threshold", "f1", "--trainer.max_epochs", "2", "--data.pad_to_multiple_of", "8",
+            "--model.learning_rate", "3e-4", "--model.tune_threshold", "f1", "--trainer.max_epochs", "2",
+            "--data.pad_to_multiple_of", "8",
             "--trainer.logger", "true", "--trainer.enable_progress_bar", "false",
             "--run_dir", str(run))
     return run
