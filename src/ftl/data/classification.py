@@ -173,16 +173,6 @@ class TextClassificationDataModule(TextDataModule):
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         return self.collator(features)
 
-    @property
-    def collator(self):
-        """Dynamic padding per batch (to `padding_multiple`), never to max_length."""
-        if getattr(self, "_collator", None) is None:
-            from transformers import DataCollatorWithPadding
-
-            self._collator = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=self.padding_multiple,
-                                                     return_tensors="pt")
-        return self._collator
-
 
 class DepressionDataModule(TextClassificationDataModule):
     """Depression detection in social-media posts (binary)."""

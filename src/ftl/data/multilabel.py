@@ -102,12 +102,7 @@ class MultiLabelDataModule(TextDataModule):
         return encoded
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        from transformers import DataCollatorWithPadding
-
-        if getattr(self, "_collator", None) is None:
-            self._collator = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=self.padding_multiple,
-                                                     return_tensors="pt")
-        batch = self._collator(features)
+        batch = self.collator(features)
         if "labels" in batch:
             batch["labels"] = batch["labels"].float()
         return batch

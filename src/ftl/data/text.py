@@ -208,6 +208,16 @@ class TextDataModule(L.LightningDataModule):
 
         return 8 if torch.cuda.is_available() else None
 
+    @property
+    def collator(self):
+        """Dynamic padding per batch (to `padding_multiple`), never to max_length; built once."""
+        if getattr(self, "_collator", None) is None:
+            from transformers import DataCollatorWithPadding
+
+            self._collator = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=self.padding_multiple,
+                                                     return_tensors="pt")
+        return self._collator
+
     # ---------------------------------------------------------------- hooks for subclasses
     def required_columns(self) -> list[str]:
         """Columns every split must have."""
