@@ -27,6 +27,22 @@ def padded_tokens(lengths: list[int], batches: list[list[int]], multiple: int = 
     return total
 
 
+def train_texts_and_lengths(data: str, tokenizer, max_length: int) -> tuple[list[str], list[int]]:
+    """The training split's texts and their token counts after truncation (what the collator pads)."""
+    with open(Path(data) / "train.csv", newline="") as f:
+        texts = [row["text"] for row in csv.DictReader(f)]
+    return texts, [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+
+
+def hf_group_by_length_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """HF Trainer's `group_by_length` order (mega-batches of 50 batches, longest first), cut into batches."""
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    order = get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "depression_reddit"))
@@ -37,17 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    import torch
     from transformers import AutoTokenizer
-    from transformers.trainer_pt_utils import get_length_grouped_indices
 
     from ftl.data.sampling import LengthGroupedSampler
     from ftl.models.hub import resolve_pretrained
 
-    with open(Path(args.data) / "train.csv", newline="") as f:
-        texts = [row["text"] for row in csv.DictReader(f)]
     tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(args.model))
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]]
+    _, lengths = train_texts_and_lengths(args.data, tokenizer, args.max_length)
     real, bs = sum(lengths), args.batch_size
     print(f"# {len(lengths)} training rows, {real} real tokens (mean {real / len(lengths):.1f}), batch {bs}")
     print("\n| order | padded tokens | x real tokens |\n|---|---:|---:|")
@@ -64,8 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         row(name, batches)
         if group in (16, 64):
             row(name + ", padded to a multiple of 8", batches, 8)
-    order = get_length_grouped_indices(lengths, bs, generator=torch.Generator().manual_seed(args.seed))
-    row("HF Trainer group_by_length (mega-batches of 50)", [order[i : i + bs] for i in range(0, len(order), bs)])
+    row("HF Trainer group_by_length (mega-batches of 50)", hf_group_by_length_batches(lengths, bs, args.seed))
 
 
 if __name__ == "__main__":

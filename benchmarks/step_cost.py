@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import csv
 import os
 import time
 from pathlib import Path
@@ -60,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
+    from padding import hf_group_by_length_batches, train_texts_and_lengths  # benchmarks/padding.py
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.trainer_pt_utils import get_length_grouped_indices
 
     from ftl.data.sampling import LengthGroupedSampler
     from ftl.models.hub import resolve_pretrained
@@ -99,15 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     for g, s in zip(grid, seconds, strict=True):
         print(f"| {g} | {s:.3f} | {1000 * s / (bs * g):.3f} |")
 
-    with open(Path(args.data) / "train.csv", newline="") as f:
-        texts = [row["text"] for row in csv.DictReader(f)]
     tokenizer = AutoTokenizer.from_pretrained(path)
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]]
-    hf_order = get_length_grouped_indices(lengths, bs, generator=torch.Generator().manual_seed(args.seed))
+    texts, lengths = train_texts_and_lengths(args.data, tokenizer, args.max_length)
     orders = {
         "random batches": LengthGroupedSampler(lengths, bs, 1, seed=args.seed).batches(),
         "ftl (groups of 64 batches)": LengthGroupedSampler(lengths, bs, 64, seed=args.seed).batches(),
-        "HF group_by_length": [hf_order[i : i + bs] for i in range(0, len(hf_order), bs)],
+        "HF group_by_length": hf_group_by_length_batches(lengths, bs, args.seed),
         "every row sorted (the floor)": LengthGroupedSampler(lengths, bs, len(lengths), seed=args.seed).batches(),
     }
     priced = {
