@@ -93,20 +93,15 @@ def check(path: str) -> float:
 
 def time_steps(data: str, model_name: str, steps: int, fast: bool) -> float:
     import torch
-    from padding import train_texts_and_lengths  # benchmarks/padding.py
+    from padding import ftl_training_batches, train_texts_and_lengths  # benchmarks/padding.py
     from transformers import AutoTokenizer
 
-    from ftl.data.sampling import LengthGroupedSampler
     from ftl.models.hub import resolve_pretrained
 
     path = resolve_pretrained(model_name)
     tokenizer = AutoTokenizer.from_pretrained(path)
     texts, lengths = train_texts_and_lengths(data, tokenizer, 256)
-    batches = [b for b in LengthGroupedSampler(lengths, 16, 64, seed=42).batches() if len(b) == 16][: steps + 1]
-    encoded = [
-        tokenizer([texts[i] for i in b], truncation=True, max_length=256, padding=True, return_tensors="pt")
-        for b in batches
-    ]
+    encoded = ftl_training_batches(texts, lengths, tokenizer, 16, steps + 1, 256, 42)
     model = build_model(path, fast).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
     labels = torch.zeros(16, dtype=torch.long)

@@ -43,6 +43,20 @@ def hf_group_by_length_batches(lengths: list[int], batch_size: int, seed: int) -
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def ftl_training_batches(
+    texts: list[str], lengths: list[int], tokenizer, batch_size: int, count: int, max_length: int, seed: int
+) -> list:
+    """The first `count` full batches of ftl's training order (groups of 64 batches), tokenized and padded."""
+    from ftl.data.sampling import LengthGroupedSampler
+
+    batches = LengthGroupedSampler(lengths, batch_size, 64, seed=seed).batches()
+    full = [b for b in batches if len(b) == batch_size][:count]
+    return [
+        tokenizer([texts[i] for i in b], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        for b in full
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "depression_reddit"))

@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
-    from padding import hf_group_by_length_batches, train_texts_and_lengths  # benchmarks/padding.py
+    from padding import (  # benchmarks/padding.py
+        ftl_training_batches,
+        hf_group_by_length_batches,
+        train_texts_and_lengths,
+    )
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from ftl.data.sampling import LengthGroupedSampler
@@ -119,12 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     # 2. profile of real training steps in ftl's order.
     from torch.profiler import ProfilerActivity, profile
 
-    real = [b for b in orders["ftl (groups of 64 batches)"] if len(b) == bs][: args.profile_steps]
-    batches = []
-    for b in real:
-        enc = tokenizer([texts[i] for i in b], truncation=True, max_length=args.max_length, padding=True,
-                        return_tensors="pt")
-        batches.append((enc["input_ids"], enc["attention_mask"], torch.randint(0, 2, (bs,))))
+    encoded = ftl_training_batches(texts, lengths, tokenizer, bs, args.profile_steps, args.max_length, args.seed)
+    batches = [(enc["input_ids"], enc["attention_mask"], torch.randint(0, 2, (bs,))) for enc in encoded]
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for batch in batches:
