@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftl.models.dropout import enable_fast_cpu_dropout
 from ftl.models.lora import LoraSettings, apply_lora, as_hparam, log_parameter_counts
 from ftl.models.optim import SchedulerName, configure_module_adamw
 
@@ -79,6 +80,7 @@ class CausalLM(L.LightningModule):
         test_generation_samples: int | None = None,
         trust_remote_code: bool = False,
         lora: LoraSettings | None = None,
+        fast_cpu_dropout: bool = True,
     ) -> None:
         """
         Args:
@@ -92,6 +94,8 @@ class CausalLM(L.LightningModule):
             test_generation_samples: test rows to generate answers for (None = all; 0 = no ROUGE).
             lora: train LoRA adapters instead of every weight (`r`, `alpha`, `dropout`, `target_modules`);
                 see `ftl.models.lora`. The export merges them into a plain model.
+            fast_cpu_dropout: on CPU, draw dropout masks from 16-bit random integers (`ftl.models.dropout`);
+                False gives torch's own dropout.
         """
         super().__init__()
         if max_new_tokens < 1:
@@ -109,6 +113,8 @@ class CausalLM(L.LightningModule):
         # from_pretrained returns eval mode, and Lightning keeps each submodule's mode: without this,
         # dropout would be off during training (HF Trainer calls model.train() for the same reason).
         self.model = self._load_model().train()
+        if fast_cpu_dropout:
+            self.model = enable_fast_cpu_dropout(self.model)
         if lora:
             self.model = apply_lora(self.model, lora, task_type="CAUSAL_LM")
         self.val_loss, self.test_loss = self._mean(), self._mean()

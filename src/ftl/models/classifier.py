@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ftl.errors import FTLError
+from ftl.models.dropout import enable_fast_cpu_dropout
 from ftl.models.lora import LoraSettings, apply_lora, as_hparam, log_parameter_counts
 from ftl.models.optim import SchedulerName, configure_module_adamw
 
@@ -120,6 +121,8 @@ class SequenceClassifier(L.LightningModule):
       validation split; validation metrics use it, it is logged (`val/threshold`), saved in checkpoints and used
       for test and predict (`test/threshold` in metrics.json).
     - `lora`: train LoRA adapters (and the head) instead of every weight; see `ftl.models.lora`.
+    - `fast_cpu_dropout`: on CPU, draw dropout masks from 16-bit random integers (`ftl.models.dropout`): same
+      keep rate, 1.1-1.2x faster training steps on MiniLM here; False gives torch's own dropout.
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class SequenceClassifier(L.LightningModule):
         decision_threshold: float | None = None,
         tune_threshold: ThresholdMethod | None = None,
         lora: LoraSettings | None = None,
+        fast_cpu_dropout: bool = True,
     ) -> None:
         super().__init__()
         if label_names is not None and len(label_names) != num_labels:
@@ -151,6 +155,8 @@ class SequenceClassifier(L.LightningModule):
         # from_pretrained returns eval mode, and Lightning keeps each submodule's mode: without this,
         # dropout would be off during training (HF Trainer calls model.train() for the same reason).
         self.model = self._load_model().train()
+        if fast_cpu_dropout:
+            self.model = enable_fast_cpu_dropout(self.model)
         if lora:
             self.model = apply_lora(self.model, lora, task_type="SEQ_CLS")
         self.register_buffer("class_weight", self._class_weight_tensor(), persistent=False)

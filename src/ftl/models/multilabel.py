@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ftl.models.classifier import STAGES, flatten_metrics
+from ftl.models.dropout import enable_fast_cpu_dropout
 from ftl.models.lora import LoraSettings, apply_lora, as_hparam, log_parameter_counts
 from ftl.models.optim import SchedulerName, configure_module_adamw
 
@@ -49,6 +50,7 @@ class MultiLabelClassifier(L.LightningModule):
     """Each label is predicted on its own (sigmoid >= `threshold`); a row may get none, one or several.
 
     `num_labels`/`label_names` are linked from the data module by the CLI, as for every classifier.
+    `fast_cpu_dropout` as in `SequenceClassifier`.
     """
 
     prediction_format = "csv"  # ftl.callbacks.PredictionWriter writes predict_step's records as CSV
@@ -67,12 +69,15 @@ class MultiLabelClassifier(L.LightningModule):
         warmup_ratio: float = 0.0,
         threshold: float = 0.5,
         lora: LoraSettings | None = None,
+        fast_cpu_dropout: bool = True,
     ) -> None:
         super().__init__()
         self.label_names = list(label_names) if label_names else [str(i) for i in range(num_labels)]
         lora = as_hparam(lora)
         self.save_hyperparameters()
         self.model = self._load_model().train()  # from_pretrained returns eval mode (dropout off)
+        if fast_cpu_dropout:
+            self.model = enable_fast_cpu_dropout(self.model)
         if lora:
             self.model = apply_lora(self.model, lora, task_type="SEQ_CLS")
         metrics = multilabel_metrics(num_labels, threshold)
