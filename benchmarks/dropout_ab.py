@@ -1,12 +1,11 @@
-"""A/B on this machine: torch's dropout vs a cheaper-mask prototype, on ftl's real training batches.
+"""A/B on this machine: torch's dropout vs ftl's CPU dropout (`ftl.models.dropout`), on ftl's real training batches.
 
 `benchmarks/step_cost.py` profiles dropout's random masks (`aten::bernoulli_`) at about a quarter of a
-training step on CPU, and in training with attention dropout SDPA takes its math path. This prototype, NOT
-used by ftl, tests how much a cheaper mask would save: every `nn.Dropout` compares 16-bit random words with
-p x 65536 (random 64-bit words cut in four; same keep rate, p quantised to 1/65536), and a registered
-attention function applies the same dropout to softmax(QK^T) in training (SDPA otherwise). `--check` first
-compares its logits with the stock model's, dropout off. Each mode runs in its own process, alternating, so
-machine drift hits both alike. Minutes to run; not run by pytest.
+training step on CPU, and in training with attention dropout SDPA takes its math path. This script times the
+model compute alone (forward, backward, fused AdamW; no Lightning) of the stock model and of the same model
+after `enable_fast_cpu_dropout` (ftl's default, `model.fast_cpu_dropout`). It first compares their logits
+with dropout dropping nothing. Each mode runs in its own process, alternating, so machine drift hits both
+alike. Minutes to run; not run by pytest.
 
     python benchmarks/dropout_ab.py --data ../shared/data/depression_reddit --steps 30 --repeats 2
 """
@@ -24,57 +23,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def fast_dropout(x, p: float):
-    import torch
-
-    n = x.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-    keep = words.view(torch.int16)[:n].view_as(x) >= (-32768 + round(p * 65536))
-    return x * keep * (1.0 / (1.0 - p))
-
-
 def build_model(path: str, fast: bool):
     import torch
-    from torch import nn
-    from transformers import AttentionInterface, AutoModelForSequenceClassification
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers import AutoModelForSequenceClassification
 
-    class FastDropout(nn.Module):
-        def __init__(self, p: float) -> None:
-            super().__init__()
-            self.p = p
+    from ftl.models.dropout import enable_fast_cpu_dropout
 
-        def forward(self, x):
-            return fast_dropout(x, self.p) if self.training and self.p > 0 else x
-
-    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-        if not (module.training and dropout > 0):
-            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-        scores = torch.matmul(query, key.transpose(-1, -2)) * (scaling or query.shape[-1] ** -0.5)
-        if attention_mask is not None and attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-        elif attention_mask is not None:
-            scores = scores + attention_mask
-        probs = fast_dropout(scores.softmax(-1), dropout)
-        return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
-
-    # Without the mask registration transformers hands a custom attention function no padding mask.
-    AttentionInterface.register("fast_dropout", attention)
-    AttentionMaskInterface.register("fast_dropout", sdpa_mask)
     torch.manual_seed(0)
-    extra = {"attn_implementation": "fast_dropout"} if fast else {}
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, **extra)
-    if fast:
-        for module in list(model.modules()):
-            for name, child in list(module.named_children()):
-                if isinstance(child, nn.Dropout):
-                    setattr(module, name, FastDropout(child.p))
-    return model
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    return enable_fast_cpu_dropout(model) if fast else model
 
 
 def check(path: str) -> float:
-    """Largest logit difference, stock vs prototype, with dropout kept on the prototype's path but dropping nothing."""
+    """Largest logit difference, stock vs ftl's dropout, with the latter's training paths taken but dropping nothing."""
     import torch
     from transformers import AutoTokenizer
 
@@ -85,7 +46,7 @@ def check(path: str) -> float:
     )
     stock, fast = build_model(path, False).eval(), build_model(path, True).train()
     for module in fast.modules():
-        if hasattr(module, "p"):
+        if isinstance(module, torch.nn.Dropout):
             module.p = 1e-9  # keeps every value (threshold rounds to 0) but takes the dropout code paths
     with torch.no_grad():
         return (stock(**enc).logits - fast(**enc).logits).abs().max().item()
@@ -134,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     from ftl.models.hub import resolve_pretrained
 
     difference = check(resolve_pretrained(args.model))
-    print(f"# logits, stock vs prototype (dropout dropping nothing): max difference {difference:.2e}")
+    print(f"# logits, stock vs ftl dropout (dropping nothing): max difference {difference:.2e}")
     seconds: dict[str, list[float]] = {"stock": [], "fast": []}
     for repeat in range(args.repeats):
         for mode in ("stock", "fast") if repeat % 2 == 0 else ("fast", "stock"):
@@ -143,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             seconds[mode].append(float(out.stdout.strip().splitlines()[-1]))
             print(f"{mode}: {seconds[mode][-1]:.2f} s for {args.steps} steps", flush=True)
     stock, fast = (statistics.median(seconds[m]) for m in ("stock", "fast"))
-    print(f"\nmedian of {args.repeats}: stock {stock:.2f} s, prototype {fast:.2f} s, ratio {stock / fast:.2f}x")
+    print(f"\nmedian of {args.repeats}: stock {stock:.2f} s, ftl dropout {fast:.2f} s, ratio {stock / fast:.2f}x")
 
 
 if __name__ == "__main__":

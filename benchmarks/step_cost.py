@@ -1,6 +1,7 @@
 """Where a training step's time goes, and what each batching order must cost: the profile behind the speed limit.
 
-Two measurements on this machine, same model and optimizer as `ftl fit` (fused AdamW):
+Two measurements on this machine, same model, dropout and optimizer as `ftl fit` (fused AdamW; `--torch-dropout`
+for torch's own dropout):
 
 1. Step cost by padded length: forward + backward + optimizer step on batches of `--batch-size` rows of
    length L, for a grid of L. Each batching order's epoch is then priced from its batches' padded lengths
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile-steps", type=int, default=12)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--torch-dropout", action="store_true",
+                        help="torch's own dropout (model.fast_cpu_dropout false) instead of ftl's default")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -72,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     path = resolve_pretrained(args.model)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    if not args.torch_dropout:
+        from ftl.models.dropout import enable_fast_cpu_dropout
+
+        enable_fast_cpu_dropout(model)  # the model as ftl trains it by default
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
     bs = args.batch_size

@@ -79,12 +79,14 @@ def run_ftl(cfg: dict) -> dict[str, Any]:
             self.marks["test_start"] = time.perf_counter()
 
         def on_test_end(self, *_):
+            # first of the callbacks (inserted at 0): the split is scored and its metrics computed (the module's
+            # on_test_epoch_end ran), the run's output files (predictions csv, plots, summary) are not yet written
             self.marks["test_end"] = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as tmp:
         cli = _ftl_cli(cfg, str(Path(tmp) / "run"))
         timer = Timer()
-        cli.trainer.callbacks.append(timer)
+        cli.trainer.callbacks.insert(0, timer)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     n_train = len(cli.datamodule.raw["train"]) * cfg["epochs"]

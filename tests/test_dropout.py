@@ -143,3 +143,19 @@ def test_modules_take_the_option_and_export_stays_plain(tiny_bert, tmp_path):
     save_hf_folder(fast, tmp_path / "export")
     assert ATTENTION_NAME not in (tmp_path / "export" / "config.json").read_text()
     assert "attn_implementation" not in json.loads((tmp_path / "export" / "config.json").read_text())
+
+
+def test_dropout_is_live_in_a_cli_fit(tmp_path, tiny_data_dir, tiny_bert, cli):
+    """Same seed, same batches: only the dropout masks differ, so the two fits must end apart (were dropout off
+    in training, or the option ignored, they would match to the last digit)."""
+    import json
+
+    from tests.test_cli import fit_args
+
+    losses = []
+    for fast in ("true", "false"):
+        run_dir = tmp_path / fast
+        cli(*fit_args("depression", tiny_data_dir, tiny_bert, run_dir, "--trainer.max_epochs", "1",
+                      "--model.learning_rate", "1e-3", "--seed_everything", "7", "--model.fast_cpu_dropout", fast))
+        losses.append(json.loads((run_dir / "metrics.json").read_text())["test/loss"])
+    assert losses[0] != losses[1]

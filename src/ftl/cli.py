@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from ftl.callbacks import HFExport, Plots, PredictionWriter, ResumeRandomState, RunOutputs, RunSummary, Throughput
 from ftl.errors import FTLError
 from ftl.loggers import WandbReport, finish_wandb, log_config, prepare_wandb_env, start_wandb, wandb_loggers
+from ftl.malloc import tune_malloc
 
 _CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 _LINKED_INTO_MODEL = ("num_labels", "label_names", "label_counts")  # from the data module, see link_arguments
@@ -39,6 +40,7 @@ class FTLCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         self.run_dir: Path | None = None
         self._made_run_dir = False
+        tune_malloc()  # before the model and data allocate anything: see ftl.malloc
         import_builtin_classes()
         kwargs.setdefault("parser_class", FTLArgumentParser)
         super().__init__(
