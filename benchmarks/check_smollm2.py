@@ -1,6 +1,6 @@
 """Convert the ``smollm2-135m`` alias (GGUF -> float32 HF folder) and check the result against the GGUF model.
 
-Too slow for the pytest suite (~1 min), so run it by hand after touching ``ftl.models.hub``:
+Too slow for the pytest suite (~1 min), so run it by hand after touching ``ftl.hub``:
 
     PYTHONPATH=src python benchmarks/check_smollm2.py --cache-dir /tmp/ftl-cache   # fresh conversion
     PYTHONPATH=src python benchmarks/check_smollm2.py                               # the real ftl cache
@@ -37,7 +37,7 @@ def main() -> int:
     if args.cache_dir:
         os.environ["FTL_CACHE"] = args.cache_dir  # so load_model/load_tokenizer use it too
 
-    from ftl.models.hub import cache_root, load_model, load_tokenizer, resolve_pretrained
+    from ftl.hub import cache_root, load_model, load_tokenizer, resolve_pretrained
 
     target = cache_root() / "models" / "smollm2-135m"
     print(f"cache folder: {target} ({'exists' if target.exists() else 'absent'})")
@@ -57,7 +57,7 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    from ftl.models.hub import _smollm2_gguf
+    from ftl.hub import _smollm2_gguf
 
     gguf = _smollm2_gguf()
     start = time.perf_counter()

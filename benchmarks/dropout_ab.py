@@ -57,7 +57,7 @@ def time_steps(data: str, model_name: str, steps: int, fast: bool) -> float:
     from padding import ftl_training_batches, train_texts_and_lengths  # benchmarks/padding.py
     from transformers import AutoTokenizer
 
-    from ftl.models.hub import resolve_pretrained
+    from ftl.hub import resolve_pretrained
 
     path = resolve_pretrained(model_name)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(f"{time_steps(args.data, args.model, args.steps, args.one == 'fast'):.3f}")
         return
-    from ftl.models.hub import resolve_pretrained
+    from ftl.hub import resolve_pretrained
 
     difference = check(resolve_pretrained(args.model))
     print(f"# logits, stock vs ftl dropout (dropping nothing): max difference {difference:.2e}")

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ftl.data.classification import TextClassificationDataModule
     from ftl.data.sampling import LengthGroupedSampler, SortedSampler, sequence_lengths
-    from ftl.models.hub import resolve_pretrained
+    from ftl.hub import resolve_pretrained
 
     path = resolve_pretrained(args.model)
     dm = TextClassificationDataModule(data_dir=args.data, tokenizer=path, max_length=256, batch_size=16, seed=42)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from ftl.data.sampling import LengthGroupedSampler
-    from ftl.models.hub import resolve_pretrained
+    from ftl.hub import resolve_pretrained
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(args.model))
     _, lengths = train_texts_and_lengths(args.data, tokenizer, args.max_length)

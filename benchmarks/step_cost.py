@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from ftl.data.sampling import LengthGroupedSampler
-    from ftl.models.hub import resolve_pretrained
+    from ftl.hub import resolve_pretrained
 
     torch.manual_seed(args.seed)
     path = resolve_pretrained(args.model)

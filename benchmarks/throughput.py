@@ -51,7 +51,7 @@ def _ftl_args(cfg: dict, run_dir: str) -> list[str]:
 
 def _ftl_cli(cfg: dict, run_dir: str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ftl.cli import FTLCLI
+    from ftl.commands.cli import FTLCLI
 
     args = _ftl_args(cfg, run_dir)
     return FTLCLI(args=args[1:], run=False)  # no subcommand: build model, data and trainer only
@@ -148,7 +148,7 @@ def run_hf(cfg: dict, variant: str) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     from hf_trainer import run_hf_trainer
 
-    from ftl.models.hub import resolve_pretrained
+    from ftl.hub import resolve_pretrained
 
     out = run_hf_trainer(
         resolve_pretrained(cfg["model"]), cfg["data"], variant=variant, batch_size=cfg["batch_size"],

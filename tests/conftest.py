@@ -111,7 +111,7 @@ def run_root(tmp_path) -> Path:
 
 def run_cli(*args: str) -> None:
     """Run the ftl CLI in-process (same code path as `python -m ftl`)."""
-    from ftl.cli import main
+    from ftl.commands.cli import main
 
     main(list(args))
 

@@ -226,7 +226,7 @@ def test_quick_top_level_help_names_exactly_the_real_subcommands():
     import re
 
     from ftl.__main__ import USAGE
-    from ftl.cli import EXTRA_COMMANDS, FTLCLI
+    from ftl.commands.cli import EXTRA_COMMANDS, FTLCLI
 
     listed = set(re.search(r"\{(.+?)\}", USAGE).group(1).split(","))
     assert listed == set(FTLCLI.subcommands()) | set(EXTRA_COMMANDS)

@@ -85,9 +85,9 @@ def compared(tmp_path_factory, tiny_data_dir, tiny_bert):
     """compare_models on a fresh classifier (before) vs the same one with a spread-out head (after)."""
     import lightning as L
 
-    from ftl.compare import compare_models, fresh_model
     from ftl.data.classification import TextClassificationDataModule
     from ftl.models.classifier import SequenceClassifier
+    from ftl.reports.compare import compare_models, fresh_model
 
     data = TextClassificationDataModule(data_dir=str(tiny_data_dir), tokenizer=str(tiny_bert), max_length=64,
                                         batch_size=8)
@@ -147,7 +147,7 @@ def test_change_column_is_after_minus_before(compared):
 
 
 def test_rows_follow_whatever_metrics_a_module_logs():
-    from ftl.compare import comparison_rows
+    from ftl.reports.compare import comparison_rows
 
     before = {"test/loss": 3.0, "test/perplexity": 20.09, "test/rouge1": 0.1, "test/rouge2": 0.02, "test/rougeL": 0.09,
               "test/runtime": 4.0, "test/samples_per_sec": 2.0, "test/steps_per_sec": 0.5, "test/custom": 1.0}

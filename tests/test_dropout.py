@@ -129,18 +129,30 @@ def test_attention_dropout_is_applied_in_training_only(tiny_bert):
         assert torch.allclose(fast.eval()(input_ids=ids).logits, stock(input_ids=ids).logits, atol=1e-6)
 
 
-def test_modules_take_the_option_and_export_stays_plain(tiny_bert, tmp_path):
+def test_speedups_apply_on_cpu_fit_only_and_export_stays_plain(tiny_bert, tmp_path):
+    """One place applies the CPU speed-ups, by device and stage: tasks build torch's dropout and SDPA."""
     import json
+    from types import SimpleNamespace
 
-    from ftl.export import save_hf_folder
     from ftl.models.classifier import SequenceClassifier
+    from ftl.reports.export import save_hf_folder
+    from ftl.speedups import CPUSpeedups
 
-    fast = SequenceClassifier(pretrained=str(tiny_bert), num_labels=2)
-    stock = SequenceClassifier(pretrained=str(tiny_bert), num_labels=2, fast_cpu_dropout=False)
-    assert any(isinstance(m, FastCPUDropout) for m in fast.modules())
-    assert not any(isinstance(m, FastCPUDropout) for m in stock.modules())
-    assert stock.model.config._attn_implementation == "sdpa"
-    save_hf_folder(fast, tmp_path / "export")
+    def trainer(device: str):
+        return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+
+    module = SequenceClassifier(pretrained=str(tiny_bert), num_labels=2)
+    assert not any(isinstance(m, FastCPUDropout) for m in module.modules())  # a task alone: torch's dropout
+    CPUSpeedups().setup(trainer("cpu"), module, "test")
+    CPUSpeedups(enabled=False).setup(trainer("cpu"), module, "fit")
+    CPUSpeedups().setup(trainer("meta"), module, "fit")  # any other device than a CPU
+    assert not any(isinstance(m, FastCPUDropout) for m in module.modules())
+    assert module.model.config._attn_implementation == "sdpa"
+    CPUSpeedups().setup(trainer("cpu"), module, "fit")
+    assert any(isinstance(m, FastCPUDropout) for m in module.modules())
+    assert not any(type(m) is torch.nn.Dropout for m in module.modules())
+    assert module.model.config._attn_implementation == ATTENTION_NAME
+    save_hf_folder(module, tmp_path / "export")
     assert ATTENTION_NAME not in (tmp_path / "export" / "config.json").read_text()
     assert "attn_implementation" not in json.loads((tmp_path / "export" / "config.json").read_text())
 
@@ -150,12 +162,12 @@ def test_dropout_is_live_in_a_cli_fit(tmp_path, tiny_data_dir, tiny_bert, cli):
     in training, or the option ignored, they would match to the last digit)."""
     import json
 
-    from tests.test_cli import fit_args
+    from tests.helpers import fit_args
 
     losses = []
     for fast in ("true", "false"):
         run_dir = tmp_path / fast
         cli(*fit_args("depression", tiny_data_dir, tiny_bert, run_dir, "--trainer.max_epochs", "1",
-                      "--model.learning_rate", "1e-3", "--seed_everything", "7", "--model.fast_cpu_dropout", fast))
+                      "--model.learning_rate", "1e-3", "--seed_everything", "7", "--cpu_speedups", fast))
         losses.append(json.loads((run_dir / "metrics.json").read_text())["test/loss"])
     assert losses[0] != losses[1]

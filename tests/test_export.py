@@ -111,7 +111,7 @@ def test_export_command_on_a_checkpoint_with_varied_predictions(fitted, tiny_dat
     torch.save(checkpoint, ckpt)
 
     config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
-    cli("export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "exported"), "--config", str(config))
+    cli("export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "exported"), "--run_config", str(config))
     inputs, texts = texts_file(tiny_data_dir, tmp_path, n=32)
     rows = ftl_predictions(cli, tiny_data_dir, tiny_bert, tmp_path / "predict", ckpt, inputs)
     assert len({row["predicted_label"] for row in rows}) >= 3
@@ -135,7 +135,7 @@ def test_export_command_finds_the_run_config_and_refuses_bad_input(fitted, tmp_p
     shutil.copy(last, lonely)
     cases = [
         (["--ckpt_path", str(last), "--out", str(tmp_path / "last")], "already exists and is not empty"),
-        (["--ckpt_path", str(lonely), "--out", str(tmp_path / "new")], "pass --config"),
+        (["--ckpt_path", str(lonely), "--out", str(tmp_path / "new")], "pass --run_config"),
         (["--ckpt_path", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "new")], "not found"),
     ]
     for args, message in cases:

@@ -1,20 +1,178 @@
-"""The shipped extension example: a multi-label classifier plugged in by class_path, run through the CLI."""
+"""A new task written outside src/ftl, exactly as docs/extending.md writes it, gets every report; and the shipped
+multi-label example runs through the CLI."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["cardiovascular", "gastrointestinal", "mental_health", "neurological", "respiratory"]
+DOC = ROOT / "docs" / "extending.md"
+
+
+def doc_files() -> dict[str, str]:
+    """The files docs/extending.md writes: a code block right after each `<!-- file: PATH -->` marker."""
+    text = DOC.read_text()
+    found = re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", text, flags=re.S)
+    return {path: body for path, body in found}
+
+
+def write_pairs(folder: Path, seed: int = 0) -> Path:
+    """Pairs of synthetic notes with a similarity score (1 same condition, 0 otherwise); lengths vary a lot, so
+    length-sorted evaluation batches reorder the rows."""
+    import random
+
+    from ftl.data.synthetic import make_examples
+
+    rng = random.Random(seed)
+    notes = make_examples(160, seed=seed, label_noise=0.0)
+    folder.mkdir(parents=True)
+    sizes = {"train": 48, "val": 16, "test": 24}
+    start = 0
+    for split, n in sizes.items():
+        rows = []
+        for i in range(n):
+            a, b = notes[start + 2 * i], notes[start + 2 * i + 1]
+            text_b = b["text"] if i % 3 else " ".join([b["text"]] * rng.randint(2, 4))
+            rows.append({"text_a": a["text"], "text_b": text_b, "score": float(a["label"] == b["label"])})
+        start += 2 * n
+        with open(folder / f"{split}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["text_a", "text_b", "score"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return folder
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def user_package(tmp_path_factory):
+    """my_lab/ from the docs in a temporary folder on sys.path (removed again after the module's tests)."""
+    root = tmp_path_factory.mktemp("user")
+    files = doc_files()
+    assert {"my_lab/__init__.py", "my_lab/tasks.py", "my_lab/pair_score.yaml"} <= set(files)
+    for name, body in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(body)
+    sys.path.insert(0, str(root))
+    yield root
+    sys.path.remove(str(root))
+    for name in [m for m in sys.modules if m == "my_lab" or m.startswith("my_lab.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def pair_run(user_package, tiny_bert, tmp_path_factory):
+    from tests.helpers import run_cli
+
+    data = write_pairs(tmp_path_factory.mktemp("pairs") / "pairs")
+    run_dir = tmp_path_factory.mktemp("pair_runs") / "run"
+    common = ["--config", str(user_package / "my_lab" / "pair_score.yaml"), "--model.pretrained", str(tiny_bert),
+              "--data.data_dir", str(data), "--data.max_length", "96", "--data.batch_size", "8",
+              "--trainer.enable_progress_bar", "false"]
+    run_cli("fit", *common, "--trainer.max_epochs", "1", "--run_dir", str(run_dir),
+            "--trainer.logger", "lightning.pytorch.loggers.WandbLogger", "--trainer.logger.init_args.project", "ftl-tests")
+    return run_dir, data, common
+
+
+def test_a_task_from_the_docs_gets_metrics_records_in_data_order_summary_and_plots(pair_run):
+    run_dir, data, _ = pair_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    records = read_csv(run_dir / "test_predictions.csv")
+    inputs = read_csv(data / "test.csv")
+    assert len(records) == len(inputs) == 24
+    for record, row in zip(records, inputs, strict=True):  # row by row with the input file, though sorted batches
+        assert (record["text_a"], record["text_b"]) == (row["text_a"], row["text_b"])
+        assert float(record["score"]) == float(row["score"])
+    predicted = [float(r["predicted_score"]) for r in records]
+    mse = sum((p - float(r["score"])) ** 2 for p, r in zip(predicted, records, strict=True)) / len(records)
+    assert metrics["test/mse"] == pytest.approx(mse, rel=1e-4)  # the logged metric is the records' own
+    assert "val/loss" in metrics and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    summary = (run_dir / "summary.md").read_text()
+    assert "my_lab.tasks.PairRegressor" in summary and "my_lab.tasks.PairScoreData" in summary
+    assert "train 48, val 16, test 24" in summary
+    assert (run_dir / "plots" / "loss.png").stat().st_size > 0
+
+
+def test_the_export_of_a_task_from_the_docs_loads_with_transformers(pair_run):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run_dir, data, _ = pair_run
+    folder = run_dir / "hf_model"
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert model.config.num_labels == 1 and tokenizer.model_max_length == 96  # the run's max_length
+    first = read_csv(data / "test.csv")[0]
+    with torch.no_grad():
+        score = model(**tokenizer(first["text_a"], first["text_b"], return_tensors="pt")).logits.item()
+    records = read_csv(run_dir / "test_predictions.csv")
+    # hf_model holds the best checkpoint: the one that was tested (one epoch here: best = last)
+    assert score == pytest.approx(float(records[0]["predicted_score"]), abs=1e-4)
+
+
+def test_predict_and_compare_work_for_a_task_from_the_docs(pair_run, tmp_path):
+    from tests.helpers import run_cli
+
+    run_dir, data, common = pair_run
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+    new = tmp_path / "new_pairs.csv"
+    rows = read_csv(data / "test.csv")[:5]
+    with open(new, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["text_a", "text_b"])
+        writer.writeheader()
+        writer.writerows({"text_a": r["text_a"], "text_b": r["text_b"]} for r in rows)
+    run_cli("predict", *common, "--ckpt_path", ckpt, "--data.predict_file", str(new), "--run_dir", str(tmp_path / "p"))
+    predictions = read_csv(tmp_path / "p" / "predictions.csv")
+    assert [(p["text_a"], p["text_b"]) for p in predictions] == [(r["text_a"], r["text_b"]) for r in rows]
+    tested = {(r["text_a"], r["text_b"]): float(r["predicted_score"]) for r in read_csv(run_dir / "test_predictions.csv")}
+    for p in predictions:
+        assert float(p["predicted_score"]) == pytest.approx(tested[(p["text_a"], p["text_b"])], abs=1e-4)
+
+    run_cli("compare", *common, "--ckpt_path", ckpt, "--run_dir", str(tmp_path / "c"))
+    result = json.loads((tmp_path / "c" / "compare.json").read_text())
+    after = json.loads((run_dir / "metrics.json").read_text())
+    assert result["after"]["test/mse"] == pytest.approx(after["test/mse"], rel=1e-4)
+    assert result["test_rows"] == 24 and "test/mse" in result["before"]
+    text = (tmp_path / "c" / "compare.md").read_text()
+    assert "Accuracy on" not in text and "task head" not in text  # no labels here, and no new head wording
+
+
+def test_wandb_gets_the_records_of_a_task_from_the_docs(pair_run):
+    from tests.helpers import offline_run, wandb_table
+
+    run_dir, data, _ = pair_run
+    folder, stored = offline_run(run_dir)
+    table = wandb_table(folder, "test/predictions")
+    assert table["columns"] == ["text_a", "text_b", "score", "predicted_score"]
+    assert [row[0] for row in table["data"]] == [r["text_a"] for r in read_csv(data / "test.csv")]
+    assert stored["summary"]["test/mse"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test/mse"])
+
+
+def test_a_task_from_the_docs_resumes(pair_run):
+    from tests.helpers import run_cli
+
+    run_dir, _, common = pair_run
+    run_cli("fit", *common, "--run_dir", str(run_dir), "--ckpt_path", "last", "--trainer.max_epochs", "2")
+    epochs = {row["epoch"] for row in read_csv(run_dir / "metrics.csv") if row.get("val/loss")}
+    assert epochs == {"0", "1"}
+    state = __import__("torch").load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert state["epoch"] == 1
+    assert len(read_csv(run_dir / "test_predictions.csv")) == 24  # written again for the resumed model
 
 
 @pytest.fixture(scope="module")
 def multilabel_run(tmp_path_factory, tiny_bert):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     run_dir = tmp_path_factory.mktemp("multilabel") / "run"
     run_cli("fit", "--config", str(ROOT / "configs" / "multilabel_example.yaml"),

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ftl.commands.mcq import evaluate, load_items
 from ftl.errors import FTLError
-from ftl.mcq import evaluate, load_items
 
 ITEMS = [
     {"question": "Which organ does asthma affect?", "choices": ["the lungs", "the liver", "the skin"], "answer": 0},

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ftl.models.optim import configure_adamw, parameter_groups
+from ftl.models.optim import OptimizerSettings, configure_adamw, parameter_groups
 
 
 class Block(nn.Module):
@@ -22,8 +22,8 @@ class Block(nn.Module):
 
 def learning_rates(scheduler: str, total: int = 10, **warmup) -> list[float]:
     settings = {"warmup_steps": 0, "warmup_ratio": 0.0, **warmup}
-    config = configure_adamw(Block(), learning_rate=1.0, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8,
-                             scheduler=scheduler, total_steps=total, **settings)
+    config = configure_adamw(Block(), OptimizerSettings(learning_rate=1.0, weight_decay=0.1, betas=(0.9, 0.999),
+                                                        eps=1e-8, scheduler=scheduler, **settings), total)
     optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
     rates = []
     for _ in range(total):
@@ -71,8 +71,8 @@ def test_warmup_longer_than_the_run_is_warned(capsys):
 
 
 def test_adamw_takes_the_given_betas_and_eps():
-    config = configure_adamw(Block(), learning_rate=3e-4, weight_decay=0.0, betas=(0.8, 0.9), eps=1e-6,
-                             scheduler="linear", warmup_steps=0, warmup_ratio=0.0, total_steps=4)
+    config = configure_adamw(Block(), OptimizerSettings(learning_rate=3e-4, weight_decay=0.0, betas=(0.8, 0.9),
+                                                        eps=1e-6, scheduler="linear"), 4)
     optimizer = config["optimizer"]
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults["betas"] == (0.8, 0.9) and optimizer.defaults["eps"] == 1e-6
@@ -85,8 +85,8 @@ def test_cpu_uses_the_fused_adamw_kernel_with_the_same_update_as_the_loop():
     models = [Block(), Block()]
     models[1].load_state_dict(models[0].state_dict())
     start = models[0].dense.weight.detach().clone()
-    config = configure_adamw(models[0], learning_rate=1e-2, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8,
-                             scheduler="constant", total_steps=3, warmup_steps=0, warmup_ratio=0.0)
+    config = configure_adamw(models[0], OptimizerSettings(learning_rate=1e-2, weight_decay=0.1, scheduler="constant"),
+                             3)
     fused = config["optimizer"]
     assert fused.defaults["fused"] is True
     loop = torch.optim.AdamW(parameter_groups(models[1], 0.1), lr=1e-2, fused=False, foreach=False)

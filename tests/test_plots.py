@@ -1,4 +1,4 @@
-"""ftl.plots on their own: PNGs for any number of labels, nothing to draw -> no file."""
+"""ftl.reports.plots on their own: PNGs for any number of labels, nothing to draw -> no file."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _png(path) -> tuple[int, int]:
 
 
 def test_confusion_matrix_grows_with_the_labels(tmp_path):
-    from ftl.plots import confusion_matrix
+    from ftl.reports.plots import confusion_matrix
 
     small = _png(confusion_matrix(torch.tensor([[3, 1], [0, 4]]), ["no", "yes"], tmp_path / "two.png"))
     names = [f"condition_{i}" for i in range(8)]
@@ -24,7 +24,7 @@ def test_confusion_matrix_grows_with_the_labels(tmp_path):
 
 
 def test_precision_recall_and_loss_curves(tmp_path):
-    from ftl.plots import loss_curves, precision_recall
+    from ftl.reports.plots import loss_curves, precision_recall
 
     labels = torch.tensor([0, 0, 1, 1, 0, 1, 1, 0])
     probs = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.2, 0.9, 0.6, 0.7])

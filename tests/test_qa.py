@@ -91,7 +91,8 @@ def test_collate_pads_right_for_training_and_left_for_generation(tiny_qa_dir, ti
         assert prompt_width % multiple == 0 and longest_prompt <= prompt_width < longest_prompt + multiple
         assert batch["prompt_input_ids"][i, prompt_width - p:].tolist() == f["input_ids"][:p]
         assert batch["prompt_attention_mask"][i].tolist() == [0] * (prompt_width - p) + [1] * p
-    assert batch["row_idx"].tolist() == [f["row_idx"] for f in features]
+    assert "row_idx" not in batch  # collate never sees it: the base adds each row's position to loader batches
+    assert dm.batch_of(features)["row_idx"].tolist() == [f["row_idx"] for f in features]
 
 
 def test_the_real_eos_keeps_its_label_although_pad_is_eos(dm):
@@ -133,7 +134,7 @@ def test_prediction_rows_hold_only_the_prompt(tiny_qa_dir, tiny_gpt2, tmp_path):
     assert rows[1]["prompt_length"] == len(rows[1]["input_ids"])
     batch = module.collate([rows[0], rows[1]])
     assert "labels" not in batch and batch["prompt_input_ids"].shape[0] == 2
-    assert module.predict_inputs() == [{"question": "What is gout?"}, {"question": "How is asthma treated?"}]
+    assert module.row_inputs("predict") == [{"question": "What is gout?"}, {"question": "How is asthma treated?"}]
 
 
 def test_a_single_file_is_split_by_question(tmp_path, tiny_gpt2):

@@ -96,7 +96,7 @@ def test_task_configs_stop_early_on_the_checkpoint_metric_and_log_the_learning_r
 def test_runs_get_a_rich_progress_bar_and_no_lr_monitor_without_loggers(tmp_path, tiny_data_dir, tiny_bert):
     from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 
-    from ftl.cli import FTLCLI
+    from ftl.commands.cli import FTLCLI
 
     base = ["--config", str(ROOT / "configs" / "depression.yaml"), "--model.pretrained", str(tiny_bert),
             "--data.class_path", "ftl.data.classification.TextClassificationDataModule",

@@ -30,7 +30,7 @@ def test_there_is_one_sweep_file_per_task():
 
 @pytest.mark.parametrize("task", SWEEPS)
 def test_sweep_file_optimises_the_task_metric_with_values_after_the_config(task):
-    from ftl.sweep import load_sweep
+    from ftl.commands.sweep import load_sweep
 
     sweep = load_sweep(ROOT / "sweeps" / f"{task}.yaml")
     expected = ("val/loss", "minimize") if task == "medquad" else ("val/f1_macro", "maximize")
@@ -77,8 +77,8 @@ def test_sweep_parameters_are_cli_overrides_that_reach_the_model_and_data(task, 
     model, data module or trainer receives. Only sweeps whose config does not exist yet are skipped."""
     import random
 
-    from ftl.cli import FTLCLI
-    from ftl.sweep import _SAMPLERS, distribution, load_sweep, trial_command
+    from ftl.commands.cli import FTLCLI
+    from ftl.commands.sweep import _SAMPLERS, distribution, load_sweep, trial_command
 
     sweep = load_sweep(ROOT / "sweeps" / f"{task}.yaml")
     config_file = sweep["command"][sweep["command"].index("--config") + 1]
@@ -124,7 +124,7 @@ PARAMS = {
 
 
 def test_random_draws_are_seeded_and_follow_each_distribution():
-    from ftl.sweep import draw_trials
+    from ftl.commands.sweep import draw_trials
 
     sweep = {"method": "random", "parameters": PARAMS}
     trials = draw_trials(sweep, 200, seed=3)
@@ -140,7 +140,7 @@ def test_random_draws_are_seeded_and_follow_each_distribution():
 
 
 def test_grid_is_every_combination_in_file_order_capped_by_count():
-    from ftl.sweep import draw_trials
+    from ftl.commands.sweep import draw_trials
 
     sweep = {"method": "grid", "parameters": {"a": {"values": [1, 2]}, "b": {"values": ["x", "y", "z"]},
                                               "c": {"value": 0}}}
@@ -152,7 +152,7 @@ def test_grid_is_every_combination_in_file_order_capped_by_count():
 
 
 def test_bayes_says_why_it_is_not_available_locally_and_random_needs_a_count():
-    from ftl.sweep import draw_trials
+    from ftl.commands.sweep import draw_trials
 
     with pytest.raises(FTLError, match="numpy<2.*--method random"):
         draw_trials({"method": "bayes", "parameters": PARAMS}, 4)
@@ -161,7 +161,7 @@ def test_bayes_says_why_it_is_not_available_locally_and_random_needs_a_count():
 
 
 def test_bad_sweep_files_are_one_line_errors(tmp_path):
-    from ftl.sweep import load_sweep
+    from ftl.commands.sweep import load_sweep
 
     cases = {
         "no_params": ({"method": "random"}, "no `parameters`"),
@@ -179,7 +179,7 @@ def test_bad_sweep_files_are_one_line_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- commands
 def test_trial_command_puts_sweep_values_after_the_config_then_overrides_then_run_dir(tmp_path):
-    from ftl.sweep import load_sweep, trial_command
+    from ftl.commands.sweep import load_sweep, trial_command
 
     sweep = load_sweep(ROOT / "sweeps" / "cancer.yaml")
     params = {"model.learning_rate": 3e-05, "data.batch_size": 16, "model.class_weights": "null"}
@@ -193,7 +193,7 @@ def test_trial_command_puts_sweep_values_after_the_config_then_overrides_then_ru
 
 
 def test_command_line_overrides_fix_sweep_parameters(tmp_path, capsys):
-    from ftl.sweep import plan_sweep
+    from ftl.commands.sweep import plan_sweep
 
     path = write_sweep(tmp_path / "s.yaml", method="random", parameters=PARAMS)
     sweep, trials = plan_sweep(str(path), 3, ["--trainer.max_epochs", "1", "--model.init_args.learning_rate=1e-4"])
@@ -203,7 +203,7 @@ def test_command_line_overrides_fix_sweep_parameters(tmp_path, capsys):
 
 
 def test_a_failing_subprocess_trial_is_recorded_with_its_error(tmp_path):
-    from ftl.sweep import Trial, _run_trial
+    from ftl.commands.sweep import Trial, _run_trial
 
     trial = Trial(1, {}, tmp_path / "trial-01")
     script = "import sys; print('training...'); print('ftl: error: data_dir missing: pass one'); sys.exit(2)"
@@ -215,7 +215,7 @@ def test_a_failing_subprocess_trial_is_recorded_with_its_error(tmp_path):
 # ---------------------------------------------------------------------------------------------- local sweep
 def test_local_sweep_writes_a_leaderboard_best_first(tmp_path, tiny_data_dir, tiny_bert, capsys):
     """Two real trials (one that cannot train well) and one that fails: all recorded, best first."""
-    from ftl.cli import main
+    from ftl.commands.cli import main
 
     sweep = write_sweep(
         tmp_path / "tiny.yaml", name="tiny", method="grid",
@@ -225,7 +225,7 @@ def test_local_sweep_writes_a_leaderboard_best_first(tmp_path, tiny_data_dir, ti
                  "${args}"],
     )
     out = tmp_path / "sweep"
-    main(["sweep", str(sweep), "--sweep_dir", str(out), "--in_process",
+    main(["sweep", str(sweep), "--sweep_dir", str(out), "--in_process", "true",
           "--model.pretrained", str(tiny_bert),
           "--data.class_path", "ftl.data.classification.TextClassificationDataModule",
           "--data.data_dir", str(tiny_data_dir), "--data.max_length", "64", "--trainer.max_epochs", "1",
@@ -253,7 +253,7 @@ def test_local_sweep_writes_a_leaderboard_best_first(tmp_path, tiny_data_dir, ti
 
 
 def test_sweep_run_from_elsewhere_than_its_config_expects_is_a_clear_error(tmp_path, monkeypatch):
-    from ftl.sweep import run_sweep
+    from ftl.commands.sweep import run_sweep
 
     monkeypatch.chdir(tmp_path)  # sweeps/*.yaml name configs/<task>.yaml relative to the repo root
     with pytest.raises(FTLError, match="'configs/cancer.yaml' is not found from"):

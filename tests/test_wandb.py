@@ -178,7 +178,7 @@ def test_offline_run_has_test_tables_and_confusion_matrix(wandb_run, tiny_data_d
 
 
 def test_no_api_key_and_no_mode_means_offline_said_in_one_line(monkeypatch, tmp_path, capsys):
-    from ftl.loggers import prepare_wandb_env
+    from ftl.reports.loggers import prepare_wandb_env
 
     for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL",
                 "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
@@ -250,7 +250,7 @@ def test_run_files_are_sent_at_the_end(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
     import wandb
 
-    from ftl.loggers import log_run_files
+    from ftl.reports.loggers import log_run_files
 
     run_dir = tmp_path / "run"
     (run_dir / "plots").mkdir(parents=True)

@@ -1,7 +1,7 @@
 """`python -m ftl ...` and the `ftl` console script.
 
 The top-level `--help` is answered here without importing Lightning and torch (several seconds on a
-small machine); every subcommand goes through `ftl.cli.main`.
+small machine); every subcommand goes through `ftl.commands.cli.main`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def run() -> None:
     if sys.argv[1:] in ([], ["-h"], ["--help"]):
         print(USAGE)
         return
-    from ftl.cli import main
+    from ftl.commands.cli import main
 
     main()
 

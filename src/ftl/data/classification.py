@@ -39,8 +39,6 @@ class TextClassificationDataModule(TextDataModule):
         self._label_names = list(label_names) if label_names else None
         self.oversample = oversample
 
-    carry_row_index = True  # the classifier restores the data's order in test outputs
-
     # ------------------------------------------------------------------ labels (linked into the model)
     @property
     def label_names(self) -> list[str]:

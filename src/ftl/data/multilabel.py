@@ -15,8 +15,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ftl.data.text import TextDataModule, column, column_error, ftl_cache_dir
+from ftl.data.text import TextDataModule, column, column_error
 from ftl.errors import FTLError
+from ftl.hub import cache_root
 
 
 class MultiLabelDataModule(TextDataModule):
@@ -142,7 +143,7 @@ class SyntheticMultiLabelDataModule(MultiLabelDataModule):
         **kwargs: Any,
     ) -> None:
         if not (kwargs.get("data_dir") or kwargs.get("data_files") or kwargs.get("dataset")):
-            folder = ftl_cache_dir() / "synthetic_multilabel" / f"n{n_train}-{n_val}-{n_test}-seed{data_seed}"
+            folder = cache_root() / "synthetic_multilabel" / f"n{n_train}-{n_val}-{n_test}-seed{data_seed}"
             kwargs["data_dir"] = str(write_multilabel_splits(folder, n_train, n_val, n_test, data_seed))
         super().__init__(*args, **kwargs)
 

@@ -117,9 +117,6 @@ class QADataModule(TextDataModule):
         self.add_eos = add_eos
         self.max_eval_samples = max_eval_samples
         fill_template(prompt_template, "")  # a template without {question} fails now, not after loading
-        self._qa_rows: dict[str, tuple[list[str], list[str] | None]] = {}
-
-    carry_row_index = True  # CausalLM looks up questions and reference answers by row for generations
 
     # ------------------------------------------------------------------ tokenizer
     @property
@@ -148,6 +145,9 @@ class QADataModule(TextDataModule):
 
     def input_columns(self) -> list[str]:
         return [self.question_column]
+
+    def reference_column(self) -> str | None:
+        return self.answer_column  # generations.jsonl and ROUGE compare with the full answer, never truncated
 
     def group_column(self) -> str | None:
         return self.question_column
@@ -214,7 +214,6 @@ class QADataModule(TextDataModule):
         Hand-written because one batch needs two paddings on opposite sides with different fill values;
         per batch (to `padding_multiple`), never to max_length.
         """
-        import torch
 
         pad, multiple = self.tokenizer.pad_token_id, self.padding_multiple or 1
         ids = [list(f["input_ids"]) for f in features]
@@ -227,20 +226,7 @@ class QADataModule(TextDataModule):
         }
         if "labels" in features[0]:
             batch["labels"] = pad_batch([list(f["labels"]) for f in features], IGNORE_INDEX, multiple=multiple)
-        if "row_idx" in features[0]:
-            batch["row_idx"] = torch.tensor([int(f["row_idx"]) for f in features], dtype=torch.long)
         return batch
-
-    # ------------------------------------------------------------------ for generations.jsonl and ROUGE
-    def qa_rows(self, split: str, indices: list[int]) -> list[tuple[str, str | None]]:
-        """(question, full reference answer) of rows in `split` (the reference is never truncated)."""
-        if split not in self._qa_rows:
-            ds = self._split_data(split)
-            answers = column(ds, self.answer_column) if self.answer_column in ds.column_names else None
-            self._qa_rows[split] = (column(ds, self.question_column), answers)
-        questions, answers = self._qa_rows[split]
-        return [(str(questions[i]).strip(), None if answers is None else str(answers[i]).strip()) for i in indices]
-
 
 class MedQuADDataModule(QADataModule):
     """MedQuAD consumer-health questions (Ben Abacha & Demner-Fushman 2019, CC BY 4.0).

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ftl.data.classification import TextClassificationDataModule
-from ftl.data.text import ftl_cache_dir
 from ftl.errors import FTLError
+from ftl.hub import cache_root
 
 __all__ = ["LABEL_NAMES", "SyntheticHealthDataModule", "add_label_noise", "make_examples", "write_splits"]
 
@@ -431,6 +431,6 @@ class SyntheticHealthDataModule(TextClassificationDataModule):
         if not (kwargs.get("data_dir") or kwargs.get("data_files") or kwargs.get("dataset")):
             name = f"n{n_train}-{n_val}-{n_test}-seed{data_seed}-noise{label_noise}"
             kwargs["data_dir"] = str(
-                write_splits(ftl_cache_dir() / "synthetic" / name, n_train, n_val, n_test, data_seed, label_noise)
+                write_splits(cache_root() / "synthetic" / name, n_train, n_val, n_test, data_seed, label_noise)
             )
         super().__init__(*args, **kwargs)

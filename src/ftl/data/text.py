@@ -18,6 +18,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from ftl.errors import FTLError
+from ftl.hub import cache_root
 
 SPLITS = ("train", "val", "test")
 # Names other datasets use for our three splits.
@@ -27,11 +28,6 @@ _SPLIT_ALIASES = {
     "test": ("test", "testing", "eval", "evaluation"),
 }
 _EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
-
-def ftl_cache_dir() -> Path:
-    """Where ftl keeps derived data (tokenized splits, converted models): `$FTL_CACHE` or ~/.cache/ftl."""
-    return Path(os.environ.get("FTL_CACHE", Path.home() / ".cache" / "ftl")).expanduser()
 
 
 def _builder_for(paths: Sequence[str]) -> tuple[str, dict[str, Any]]:
@@ -158,7 +154,7 @@ class TextDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else ftl_cache_dir() / "datasets"
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else cache_root() / "datasets"
         self.trust_remote_code = trust_remote_code
         self.predict_file = predict_file
         self.group_by_length = group_by_length
@@ -224,8 +220,14 @@ class TextDataModule(L.LightningDataModule):
         return []
 
     def input_columns(self) -> list[str]:
-        """Columns a prediction needs (the model's inputs, no labels); they are also copied into predictions."""
+        """Columns a prediction needs (the model's inputs, no labels); they are also copied into records and
+        predictions, and are part of the tokenization cache key."""
         return self.required_columns()[:1]
+
+    def reference_column(self) -> str | None:
+        """Raw column holding the reference answer a task's records show when the task gives none (e.g. the
+        full answer text in QA); None when the task takes its references from the batch."""
+        return None
 
     def stratify_column(self) -> str | None:
         """Column to stratify generated splits by (None: plain seeded split)."""
@@ -252,7 +254,7 @@ class TextDataModule(L.LightningDataModule):
         if self._tokenizer is None:
             if not self.tokenizer_name:
                 raise FTLError("data.tokenizer is not set: set model.pretrained (the CLI links it) or data.tokenizer")
-            from ftl.models.hub import load_tokenizer, model_max_length
+            from ftl.hub import load_tokenizer, model_max_length
 
             self._tokenizer = load_tokenizer(self.tokenizer_name, trust_remote_code=self.trust_remote_code)
             limit = model_max_length(self.tokenizer_name)
@@ -402,12 +404,14 @@ class TextDataModule(L.LightningDataModule):
             if self._tokenizer_key is None:
                 self._tokenizer_key = tokenizer_fingerprint(self.tokenizer)
             parts = [self._split_data(split)._fingerprint, self._tokenizer_key, self.max_length,
-                     type(self).__qualname__, self.tokenization_settings()]
+                     type(self).__qualname__, self.required_columns(), self.input_columns(),
+                     self.tokenization_settings()]
             self._cache_keys[split] = Hasher.hash(parts)
         return self._cache_keys[split]
 
     def tokenization_settings(self) -> dict[str, Any]:
-        """Anything besides tokenizer and max_length that changes tokenized output (part of the cache key)."""
+        """Anything besides tokenizer, max_length and the columns that changes tokenized output (part of the
+        cache key; the required and input columns are in it already)."""
         return {}
 
     @property
@@ -443,17 +447,26 @@ class TextDataModule(L.LightningDataModule):
             raise FTLError(f"predict_file '{path_str}' has no rows: add inputs")
         return ds
 
-    def predict_inputs(self) -> list[dict[str, Any]]:
-        """The input columns of every predict row, in order, to stand beside the predictions."""
-        ds = self.predict_raw.select_columns(self.input_columns())
-        return ds.to_list()
+    # ---------------------------------------------------------------- rows for the task contract
+    def row_inputs(self, split: str) -> list[dict[str, Any]]:
+        """Every row's `input_columns()` in `split` ("train", "val", "test" or "predict"), in the data's order.
+
+        Tasks copy them into their records (`ftl.models.outputs.Record.inputs`), so written predictions show
+        what each row was."""
+        ds = self._split_data(split)
+        columns = [c for c in self.input_columns() if c in ds.column_names]
+        return ds.select_columns(columns).to_list() if columns else [{} for _ in range(len(ds))]
+
+    def row_references(self, split: str) -> list[Any] | None:
+        """Every row's reference answer in `split` (the raw `reference_column()`, never truncated), or None."""
+        name = self.reference_column()
+        ds = self._split_data(split)
+        if name is None or name not in ds.column_names:
+            return None
+        return column(ds, name)
 
     def _split_data(self, split: str):
         return self.predict_raw if split == "predict" else self.raw[split]
-
-    # Subclasses whose modules must restore the data's order after length-sorted evaluation set this:
-    # every tokenized row then carries its position as `row_idx`.
-    carry_row_index = False
 
     def tokenize_split(self, split: str):
         """The tokenized split, read from the on-disk cache when this exact tokenization was done before."""
@@ -472,8 +485,9 @@ class TextDataModule(L.LightningDataModule):
             new_fingerprint=key,
             desc=f"tokenizing {split}",
         )
-        if self.carry_row_index:  # (a fingerprint from the key: `datasets` would pickle-hash the whole list)
-            tokenized = tokenized.add_column("row_idx", list(range(len(tokenized))), new_fingerprint=f"{key}-row-idx")
+        # Every row carries its position, so tasks put length-sorted evaluation rows back in the data's order
+        # (a fingerprint from the key: `datasets` would pickle-hash the whole list).
+        tokenized = tokenized.add_column("row_idx", list(range(len(tokenized))), new_fingerprint=f"{key}-row-idx")
         self._tokenized[split] = tokenized
         return tokenized
 
@@ -489,7 +503,14 @@ class TextDataModule(L.LightningDataModule):
             self.datasets.update({split: self.tokenize_split(split) for split in self.raw})
 
     def has_split(self, split: str) -> bool:
+        """Whether the data has this split ("predict": a predict_file, or the test split)."""
+        if split == "predict":
+            return bool(self.predict_file) or "test" in self.raw
         return split in self.raw
+
+    def split_sizes(self) -> dict[str, int]:
+        """Rows per split, for summaries."""
+        return {split: len(ds) for split, ds in self.raw.items()}
 
     # ---------------------------------------------------------------- loaders
     def _replicas(self) -> tuple[int, int]:
@@ -527,13 +548,27 @@ class TextDataModule(L.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             sampler=sampler,
-            collate_fn=self.collate,
+            collate_fn=self.batch_of,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             # its own generator: starting an epoch's iterator then draws nothing from the global RNG, so
             # dropout sees the same random numbers in a resumed run as in an unbroken one
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def batch_of(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """What the loaders yield: `collate` of the features without `row_idx`, which is added back as a tensor
+        (subclasses never handle it, and every batch says which rows it holds)."""
+        import torch
+
+        rows = None
+        if features and "row_idx" in features[0]:
+            rows = [int(f["row_idx"]) for f in features]
+            features = [{k: v for k, v in f.items() if k != "row_idx"} for f in features]
+        batch = self.collate(features)
+        if rows is not None:
+            batch["row_idx"] = torch.tensor(rows, dtype=torch.long)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

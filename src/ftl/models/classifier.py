@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ftl.errors import FTLError
-from ftl.models.dropout import enable_fast_cpu_dropout
-from ftl.models.lora import LoraSettings, apply_lora, as_hparam, log_parameter_counts
-from ftl.models.optim import SchedulerName, configure_module_adamw
-
-STAGES = ("train", "val", "test")
+from ftl.models.base import STAGES, TaskModule
+from ftl.models.outputs import ConfusionMatrix, Record, TaskOutputs
 
 
 def classification_metrics(num_labels: int):
@@ -53,17 +48,6 @@ def flatten_metrics(stage: str, values: dict[str, torch.Tensor], label_names: li
             for name, item in zip(label_names, value.tolist(), strict=True):
                 out[f"{stage}/{key}/{name}"] = float(item)
     return out
-
-
-def restore_order(outputs: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-    """One output dict with rows back in the data's order (evaluation batches are sorted by length)."""
-    if not outputs:
-        return outputs
-    merged = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
-    if "row_idx" in merged:
-        order = merged.pop("row_idx").argsort()
-        merged = {key: value[order] for key, value in merged.items()}
-    return [merged]
 
 
 def balanced_weights(counts: list[int]) -> list[float]:
@@ -109,56 +93,44 @@ def _gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(gather_all_tensors(tensor))
 
 
-class SequenceClassifier(L.LightningModule):
-    """Fine-tunes a pretrained encoder with a fresh classification head.
+class SequenceClassifier(TaskModule):
+    """Fine-tunes a pretrained encoder with a fresh classification head (one label per row, softmax).
 
     `num_labels` and `label_names` are linked from the data module by the CLI; configs never repeat them,
     and neither do they repeat `label_counts` (training rows per label, for `class_weights: balanced`).
-
-    - `class_weights`: "balanced", one weight per label, or None: weights of the cross-entropy loss (all stages).
-    - `decision_threshold` (binary): predict the second label when its probability is >= this value.
-    - `tune_threshold` (binary): "f1" or "youden": after each validation, the threshold that maximises it on the
-      validation split; validation metrics use it, it is logged (`val/threshold`), saved in checkpoints and used
-      for test and predict (`test/threshold` in metrics.json).
-    - `lora`: train LoRA adapters (and the head) instead of every weight; see `ftl.models.lora`.
-    - `fast_cpu_dropout`: on CPU, draw dropout masks from 16-bit random integers (`ftl.models.dropout`): same
-      keep rate, 1.1-1.2x faster training steps on MiniLM here; False gives torch's own dropout.
+    Optimizer, schedule, LoRA and loading options are those of `ftl.models.base.TaskModule`.
     """
+
+    auto_class = "AutoModelForSequenceClassification"
+    lora_task_type = "SEQ_CLS"  # peft then also trains (and saves) the fresh classification head
+    reference_name, prediction_name = "label", "predicted_label"
 
     def __init__(
         self,
         pretrained: str = "minilm-l6",
         num_labels: int = 2,
         label_names: list[str] | None = None,
-        learning_rate: float = 5e-5,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        scheduler: SchedulerName = "linear",
-        warmup_steps: int = 0,
-        warmup_ratio: float = 0.0,
         classifier_dropout: float | None = None,
-        trust_remote_code: bool = False,
         class_weights: Literal["balanced"] | list[float] | None = None,
         label_counts: list[int] | None = None,
         decision_threshold: float | None = None,
         tune_threshold: ThresholdMethod | None = None,
-        lora: LoraSettings | None = None,
-        fast_cpu_dropout: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        if label_names is not None and len(label_names) != num_labels:
-            raise ValueError(f"{len(label_names)} label_names for num_labels={num_labels}")
-        self.label_names = list(label_names) if label_names else [str(i) for i in range(num_labels)]
-        lora = as_hparam(lora)  # a plain dict in the checkpoint, so it loads with weights_only=True
-        self.save_hyperparameters()
-        # from_pretrained returns eval mode, and Lightning keeps each submodule's mode: without this,
-        # dropout would be off during training (HF Trainer calls model.train() for the same reason).
-        self.model = self._load_model().train()
-        if fast_cpu_dropout:
-            self.model = enable_fast_cpu_dropout(self.model)
-        if lora:
-            self.model = apply_lora(self.model, lora, task_type="SEQ_CLS")
+        """
+        Args:
+            pretrained: hub id, local folder or offline alias (`minilm-l6`) of an encoder.
+            num_labels: number of classes (linked from the data).
+            label_names: class names in label-id order (linked from the data).
+            classifier_dropout: dropout before the classification head (None: the model config's).
+            class_weights: "balanced", one weight per label, or None: weights of the cross-entropy loss.
+            label_counts: training rows per label (linked from the data; used by class_weights: balanced).
+            decision_threshold: binary tasks: predict the second label when its probability is >= this.
+            tune_threshold: binary tasks: "f1" or "youden": after each validation, the threshold that maximises
+                it on the validation split; validation metrics use it, it is logged (`val/threshold`), saved in
+                checkpoints and used for test and predict (`test/threshold` in metrics.json).
+        """
+        super().__init__(pretrained=pretrained, **kwargs)
         self.register_buffer("class_weight", self._class_weight_tensor(), persistent=False)
         self.threshold = self._initial_threshold()
         self._val_scores: list[torch.Tensor] = []
@@ -170,28 +142,20 @@ class SequenceClassifier(L.LightningModule):
 
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_confusion = MulticlassConfusionMatrix(num_labels)
-        self.test_outputs: list[dict[str, torch.Tensor]] = []
 
-    def _load_model(self) -> nn.Module:
-        from transformers import AutoModelForSequenceClassification
-
-        from ftl.models.hub import load_model
-
-        hp = self.hparams
+    def model_kwargs(self) -> dict[str, Any]:
+        names = self.label_names
         extra: dict[str, Any] = {}
-        if hp.classifier_dropout is not None:
-            extra["classifier_dropout"] = hp.classifier_dropout
-        return load_model(
-            AutoModelForSequenceClassification,
-            hp.pretrained,
-            num_labels=hp.num_labels,
-            id2label=dict(enumerate(self.label_names)),
-            label2id={name: i for i, name in enumerate(self.label_names)},
-            trust_remote_code=hp.trust_remote_code,
+        if self.hparams.classifier_dropout is not None:
+            extra["classifier_dropout"] = self.hparams.classifier_dropout
+        return {
+            "num_labels": self.hparams.num_labels,
+            "id2label": dict(enumerate(names)),
+            "label2id": {name: i for i, name in enumerate(names)},
             # a checkpoint fine-tuned on another label set gets a fresh head instead of an error
-            ignore_mismatched_sizes=True,
+            "ignore_mismatched_sizes": True,
             **extra,
-        )
+        }
 
     def _class_weight_tensor(self) -> torch.Tensor | None:
         hp = self.hparams
@@ -235,14 +199,11 @@ class SequenceClassifier(L.LightningModule):
         if checkpoint.get("ftl_threshold") is not None:
             self.threshold = float(checkpoint["ftl_threshold"])
 
-    def on_fit_start(self) -> None:
-        log_parameter_counts(self)
+    def export_config(self) -> dict[str, Any]:
+        # for the record: pipelines use argmax
+        return {} if self.threshold is None else {"ftl_decision_threshold": float(self.threshold)}
 
-    # ------------------------------------------------------------------ forward and loss
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "row_idx")}
-        return self.model(**inputs).logits
-
+    # ------------------------------------------------------------------ loss and decisions
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels, weight=self.class_weight)
 
@@ -283,47 +244,48 @@ class SequenceClassifier(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
+    def _rows_from_logits(self, logits: torch.Tensor, labels: torch.Tensor | None, digits: int | None) -> list[Record]:
+        names = self.label_names
+        probs = logits.float().softmax(-1).cpu().tolist()
+        preds = self.predict_labels(logits).tolist()
+        refs = labels.tolist() if labels is not None else [None] * len(preds)
+        return [Record(reference=None if ref is None else names[ref], prediction=names[pred],
+                       scores={f"prob_{n}": (p if digits is None else round(p, digits))
+                               for n, p in zip(names, row, strict=True)})
+                for row, pred, ref in zip(probs, preds, refs, strict=True)]
+
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         _, logits = self._step(batch, "test")
-        preds = self.predict_labels(logits)
-        self.test_confusion.update(preds, batch["labels"])
-        # preds: the model's own decisions (threshold included) for test_predictions.csv and plots
-        output = {"probs": logits.float().softmax(-1).cpu(), "labels": batch["labels"].cpu(), "preds": preds.cpu()}
-        if "row_idx" in batch:
-            output["row_idx"] = batch["row_idx"].cpu()
-        self.test_outputs.append(output)
+        self.test_confusion.update(self.predict_labels(logits), batch["labels"])
+        # full-precision probabilities, and the model's own decisions (threshold included)
+        self.add_records(batch, self._rows_from_logits(logits, batch["labels"], digits=None))
 
-    # PredictionWriter (ftl.callbacks) writes predict_step's records beside the inputs, as CSV.
-    prediction_format = "csv"
+    def predict_records(self, batch: dict[str, torch.Tensor]) -> list[Record]:
+        """The predicted label name and the probability of every label, per row."""
+        return self._rows_from_logits(self(batch), None, digits=6)
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
-        """One record per input: the predicted label name and the probability of every label."""
-        logits = self(batch)
-        probs = logits.float().softmax(-1).cpu()
-        records = []
-        for row, best in zip(probs.tolist(), self.predict_labels(logits).tolist(), strict=True):
-            record: dict[str, Any] = {"predicted_label": self.label_names[best]}
-            record.update({f"prob_{name}": round(p, 6) for name, p in zip(self.label_names, row, strict=True)})
-            records.append(record)
-        return records
+    def outputs_for(self, records: list[Record]) -> TaskOutputs:
+        outputs = super().outputs_for(records)
+        names = self.label_names
+        counts = [[int(v) for v in row] for row in self.test_confusion.compute().tolist()]
+        self.test_confusion.reset()
+        outputs.confusion_matrix = ConfusionMatrix(rows=names, columns=names, counts=counts)
+        outputs.positive_label = names[1] if len(names) == 2 else None
+        return outputs
 
     # ------------------------------------------------------------------ epoch-end metrics
-    def _log_epoch_metrics(self, stage: str) -> None:
+    def epoch_end(self, stage: str) -> None:
+        if self._tuning(stage):
+            self._tune_threshold()
         collection = getattr(self, f"{stage}_metrics")
         values = flatten_metrics(stage, collection.compute(), self.label_names)
         collection.reset()
         self.log_dict(values, sync_dist=False)  # already synced by torchmetrics
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
+        if stage == "test" and self.threshold is not None:
+            self.log("test/threshold", float(self.threshold), sync_dist=False)
 
     def on_validation_epoch_start(self) -> None:
         self._val_scores = []
-
-    def on_validation_epoch_end(self) -> None:
-        if self._tuning("val"):
-            self._tune_threshold()
-        self._log_epoch_metrics("val")
 
     def _tune_threshold(self) -> None:
         """Choose the threshold on every rank's validation rows, then score this rank's rows with it."""
@@ -335,25 +297,3 @@ class SequenceClassifier(L.LightningModule):
         self.val_metrics.update((local[:, 0] >= self.threshold).long(), local[:, 1].long())
         self.log("val/threshold", float(self.threshold), sync_dist=False)
         self._val_scores = []
-
-    def _all_ranks(self, outputs: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-        """Under DDP each process scored its own shard of the test rows: every process gets all of them."""
-        if not outputs or self.trainer.world_size == 1:
-            return outputs
-        merged = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
-        return [{key: _gather(value.to(self.device)).cpu() for key, value in merged.items()}]
-
-    def on_test_epoch_start(self) -> None:
-        self.test_outputs = []
-        self.test_confusion.reset()
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
-        if self.threshold is not None:
-            self.log("test/threshold", float(self.threshold), sync_dist=False)
-        self.test_outputs = restore_order(self._all_ranks(self.test_outputs))
-        self.confusion_matrix = self.test_confusion.compute().cpu()
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> dict:
-        return configure_module_adamw(self)

@@ -109,7 +109,8 @@ def _register() -> None:
 
 
 def enable_fast_cpu_dropout(model: nn.Module) -> nn.Module:
-    """Swap `model`'s dropouts for `FastCPUDropout` and, if it runs SDPA attention, use `_attention` (in place).
+    """Swap the dropouts inside `model` for `FastCPUDropout` and switch every Hugging Face model in it that runs
+    SDPA attention to `_attention` (in place). `model` may be a LightningModule, a PEFT wrapper or an HF model.
 
     Returns `model`. Models on another attention implementation (eager, flash) keep it; their attention-probability
     dropout is then an `nn.Dropout` module, swapped like the others, or torch's dropout inside that kernel.
@@ -120,8 +121,9 @@ def enable_fast_cpu_dropout(model: nn.Module) -> nn.Module:
                 fast = FastCPUDropout(child.p, inplace=child.inplace)
                 fast.train(child.training)
                 setattr(parent, name, fast)
-    config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) == "sdpa" and hasattr(model, "set_attn_implementation"):
-        _register()
-        model.set_attn_implementation(ATTENTION_NAME)
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "_attn_implementation", None) == "sdpa" and hasattr(module, "set_attn_implementation"):
+            _register()
+            module.set_attn_implementation(ATTENTION_NAME)
     return model

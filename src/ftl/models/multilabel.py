@@ -3,21 +3,19 @@
 A new task in ftl is one LightningModule named by `class_path` in a YAML; nothing is registered anywhere.
 This one differs from `SequenceClassifier` where multi-label differs: one sigmoid per label instead of a
 softmax over labels, binary cross-entropy, and torchmetrics' multi-label metrics (per-label and macro F1,
-exact match). What it shares it imports: the hub loader, the AdamW setup, LoRA and metric naming.
+exact match). Loading, LoRA, the optimizer and the per-row records come from `ftl.models.base.TaskModule`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
-from ftl.models.classifier import STAGES, flatten_metrics
-from ftl.models.dropout import enable_fast_cpu_dropout
-from ftl.models.lora import LoraSettings, apply_lora, as_hparam, log_parameter_counts
-from ftl.models.optim import SchedulerName, configure_module_adamw
+from ftl.models.base import STAGES, TaskModule
+from ftl.models.classifier import flatten_metrics
+from ftl.models.outputs import ConfusionMatrix, Record, TaskOutputs
 
 
 def multilabel_metrics(num_labels: int, threshold: float):
@@ -46,69 +44,59 @@ def multilabel_metrics(num_labels: int, threshold: float):
     )
 
 
-class MultiLabelClassifier(L.LightningModule):
+class MultiLabelClassifier(TaskModule):
     """Each label is predicted on its own (sigmoid >= `threshold`); a row may get none, one or several.
 
     `num_labels`/`label_names` are linked from the data module by the CLI, as for every classifier.
-    `fast_cpu_dropout` as in `SequenceClassifier`.
+    Test records give each row's true and predicted label sets ("a|b") and every label's probability; the
+    confusion matrix has one row per label: true negatives, false positives, false negatives, true positives.
     """
 
-    prediction_format = "csv"  # ftl.callbacks.PredictionWriter writes predict_step's records as CSV
+    auto_class = "AutoModelForSequenceClassification"
+    lora_task_type = "SEQ_CLS"
+    reference_name, prediction_name = "labels", "predicted_labels"
 
     def __init__(
         self,
         pretrained: str = "minilm-l6",
         num_labels: int = 2,
         label_names: list[str] | None = None,
-        learning_rate: float = 5e-5,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        scheduler: SchedulerName = "linear",
-        warmup_steps: int = 0,
-        warmup_ratio: float = 0.0,
         threshold: float = 0.5,
-        lora: LoraSettings | None = None,
-        fast_cpu_dropout: bool = True,
+        classifier_dropout: float | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.label_names = list(label_names) if label_names else [str(i) for i in range(num_labels)]
-        lora = as_hparam(lora)
-        self.save_hyperparameters()
-        self.model = self._load_model().train()  # from_pretrained returns eval mode (dropout off)
-        if fast_cpu_dropout:
-            self.model = enable_fast_cpu_dropout(self.model)
-        if lora:
-            self.model = apply_lora(self.model, lora, task_type="SEQ_CLS")
+        """
+        Args:
+            pretrained: hub id, local folder or offline alias (`minilm-l6`) of an encoder.
+            num_labels: number of labels (linked from the data).
+            label_names: label names in id order (linked from the data).
+            threshold: a label is predicted when its probability is >= this.
+            classifier_dropout: dropout before the classification head (None: the model config's).
+        """
+        super().__init__(pretrained=pretrained, **kwargs)
         metrics = multilabel_metrics(num_labels, threshold)
         self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone() for _ in STAGES)
         from torchmetrics.aggregation import MeanMetric
+        from torchmetrics.classification import MultilabelConfusionMatrix
 
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.test_confusion = MultilabelConfusionMatrix(num_labels, threshold=threshold)
 
-    def _load_model(self):
-        from transformers import AutoModelForSequenceClassification
+    def model_kwargs(self) -> dict[str, Any]:
+        names = self.label_names
+        extra: dict[str, Any] = {}
+        if self.hparams.classifier_dropout is not None:
+            extra["classifier_dropout"] = self.hparams.classifier_dropout
+        return {
+            "num_labels": self.hparams.num_labels,
+            "problem_type": "multi_label_classification",  # saved in config.json: pipelines then apply sigmoid
+            "id2label": dict(enumerate(names)),
+            "label2id": {name: i for i, name in enumerate(names)},
+            "ignore_mismatched_sizes": True,
+            **extra,
+        }
 
-        from ftl.models.hub import load_model
-
-        return load_model(
-            AutoModelForSequenceClassification,
-            self.hparams.pretrained,
-            num_labels=self.hparams.num_labels,
-            problem_type="multi_label_classification",  # saved in config.json: pipelines then apply sigmoid
-            id2label=dict(enumerate(self.label_names)),
-            label2id={name: i for i, name in enumerate(self.label_names)},
-            ignore_mismatched_sizes=True,
-        )
-
-    def on_fit_start(self) -> None:
-        log_parameter_counts(self)
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "row_idx")}
-        return self.model(**inputs).logits
-
-    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch).float()
         labels = batch["labels"].float()
         loss = F.binary_cross_entropy_with_logits(logits, labels)
@@ -120,40 +108,46 @@ class MultiLabelClassifier(L.LightningModule):
             meter = getattr(self, f"{stage}_loss")
             meter.update(loss.detach(), weight=labels.shape[0])
             self.log(f"{stage}/loss", meter, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
+        return loss, logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+    def _label_set(self, flags: list[bool]) -> str:
+        return "|".join(name for name, on in zip(self.label_names, flags, strict=True) if on)
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
-        """One record per input: the predicted labels ("a|b", empty for none) and each label's probability."""
-        probs = self(batch).float().sigmoid().cpu().tolist()
+    def _rows_from_logits(self, logits: torch.Tensor, labels: torch.Tensor | None, digits: int | None) -> list[Record]:
+        probs = logits.float().sigmoid().cpu().tolist()
         threshold = self.hparams.threshold
-        return [
-            {"predicted_labels": "|".join(n for n, p in zip(self.label_names, row, strict=True) if p >= threshold),
-             **{f"prob_{n}": round(p, 6) for n, p in zip(self.label_names, row, strict=True)}}
-            for row in probs
-        ]
+        refs = labels.cpu().tolist() if labels is not None else [None] * len(probs)
+        return [Record(reference=None if ref is None else self._label_set([v >= 0.5 for v in ref]),
+                       prediction=self._label_set([p >= threshold for p in row]),
+                       scores={f"prob_{n}": (p if digits is None else round(p, digits))
+                               for n, p in zip(self.label_names, row, strict=True)})
+                for row, ref in zip(probs, refs, strict=True)]
 
-    def _log_epoch_metrics(self, stage: str) -> None:
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        _, logits = self._step(batch, "test")
+        self.test_confusion.update(logits.sigmoid(), batch["labels"].long())
+        self.add_records(batch, self._rows_from_logits(logits, batch["labels"], digits=None))
+
+    def predict_records(self, batch: dict[str, torch.Tensor]) -> list[Record]:
+        """The predicted labels ("a|b", empty for none) and each label's probability, per row."""
+        return self._rows_from_logits(self(batch), None, digits=6)
+
+    def outputs_for(self, records: list[Record]) -> TaskOutputs:
+        outputs = super().outputs_for(records)
+        per_label = self.test_confusion.compute().cpu()  # (labels, 2, 2): [[tn, fp], [fn, tp]]
+        self.test_confusion.reset()
+        outputs.confusion_matrix = ConfusionMatrix(
+            rows=self.label_names, columns=["true_negative", "false_positive", "false_negative", "true_positive"],
+            counts=[[int(v) for v in m.flatten().tolist()] for m in per_label])
+        return outputs
+
+    def epoch_end(self, stage: str) -> None:
         collection = getattr(self, f"{stage}_metrics")
         self.log_dict(flatten_metrics(stage, collection.compute(), self.label_names))
         collection.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
-
-    def configure_optimizers(self) -> dict:
-        return configure_module_adamw(self)

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
 SchedulerName = Literal["linear", "cosine", "constant"]
+
+
+@dataclass
+class OptimizerSettings:
+    """AdamW and its schedule, as one typed group (the base task module builds it from its flat arguments,
+    so YAMLs, sweeps and `--model.learning_rate` overrides stay one level deep)."""
+
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    scheduler: SchedulerName = "linear"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
 
 # Parameters of these layers are scales/shifts, not weights: decaying them only hurts (BERT, GPT-2 recipes).
 _NO_DECAY_TYPES = (nn.LayerNorm,)
@@ -38,48 +53,22 @@ def warmup_steps_for(total_steps: int, warmup_steps: int, warmup_ratio: float) -
     return int(round(warmup_ratio * total_steps))
 
 
-def configure_adamw(
-    model: nn.Module,
-    *,
-    learning_rate: float,
-    weight_decay: float,
-    betas: tuple[float, float],
-    eps: float,
-    scheduler: SchedulerName,
-    warmup_steps: int,
-    warmup_ratio: float,
-    total_steps: int,
-) -> dict:
+def configure_adamw(model: nn.Module, settings: OptimizerSettings, total_steps: int) -> dict:
     """The `configure_optimizers` return value: AdamW (fused kernel on CPU and CUDA) + a per-step schedule."""
     from transformers import get_scheduler
 
-    params = parameter_groups(model, weight_decay)
+    params = parameter_groups(model, settings.weight_decay)
     # torch's fused AdamW runs on CPU too (HF Trainer's default since torch 2.8); the per-tensor loop it replaces
     # cost ~12% of a MiniLM step on 2 cores. Other devices (MPS, XLA) keep torch's default implementation.
     devices = {p.device.type for g in params for p in g["params"]}
     fused = True if devices and devices <= {"cpu", "cuda"} else None
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=tuple(betas), eps=eps, fused=fused)
-    warmup = warmup_steps_for(total_steps, warmup_steps, warmup_ratio)
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, betas=tuple(settings.betas), eps=settings.eps,
+                                  fused=fused)
+    warmup = warmup_steps_for(total_steps, settings.warmup_steps, settings.warmup_ratio)
     if warmup >= total_steps > 0:  # e.g. a recipe's 50 warmup steps on a short run: lr never reaches its peak
         print(f"ftl: warning: {warmup} warmup steps >= the run's {total_steps} optimizer steps, so the learning "
-              f"rate never reaches {learning_rate:g}: lower model.warmup_steps or use model.warmup_ratio",
+              f"rate never reaches {settings.learning_rate:g}: lower model.warmup_steps or use model.warmup_ratio",
               file=sys.stderr)
-    name = {"constant": "constant_with_warmup"}.get(scheduler, scheduler)
+    name = {"constant": "constant_with_warmup"}.get(settings.scheduler, settings.scheduler)
     schedule = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
-
-
-def configure_module_adamw(module) -> dict:
-    """`configure_optimizers` for any ftl module whose hparams hold the optimiser settings (one recipe for all)."""
-    hp = module.hparams
-    return configure_adamw(
-        module.model,
-        learning_rate=hp.learning_rate,
-        weight_decay=hp.weight_decay,
-        betas=hp.betas,
-        eps=hp.eps,
-        scheduler=hp.scheduler,
-        warmup_steps=hp.warmup_steps,
-        warmup_ratio=hp.warmup_ratio,
-        total_steps=int(module.trainer.estimated_stepping_batches),
-    )

@@ -1,7 +1,7 @@
 """`summary.md`: the run summary a person reads first (when, where, what model and data, every setting, results).
 
 `collect` gathers the facts from a trainer that has run; `render` turns them into markdown. The callback
-`ftl.callbacks.RunSummary` writes the file after fit and again after test, so it always holds the latest numbers.
+`ftl.reports.callbacks.RunSummary` writes the file after fit and again after test: it holds the latest numbers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import Any
 
 import lightning as L
 
-from ftl.tables import epoch_table, format_value, markdown_table, metric_rows, read_metrics_csv
+from ftl.data.text import TextDataModule
+from ftl.models.base import TaskModule
+from ftl.reports.tables import epoch_table, format_value, markdown_table, metric_rows, read_metrics_csv
 
 LIBRARIES = ("torch", "lightning", "transformers", "torchmetrics", "datasets", "tokenizers", "peft", "wandb", "ftl")
 
@@ -60,7 +62,7 @@ def hyperparameters(run_dir: Path, pl_module: L.LightningModule) -> list[tuple[s
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     items = _flatten(config or {})
     known = {key for key, _ in items}
-    for key, value in dict(getattr(pl_module, "hparams", {})).items():
+    for key, value in dict(pl_module.hparams).items():
         name = f"model.init_args.{key}"
         if name not in known and not key.startswith("_"):  # `_class_path`...: LightningCLI's, not arguments
             items.append((name + " (linked)" if config else name, value))
@@ -68,10 +70,7 @@ def hyperparameters(run_dir: Path, pl_module: L.LightningModule) -> list[tuple[s
 
 
 def data_sizes(datamodule: Any) -> dict[str, int]:
-    raw = getattr(datamodule, "raw", None) if datamodule is not None else None
-    if raw is None:
-        return {}
-    return {split: len(ds) for split, ds in raw.items()}
+    return datamodule.split_sizes() if isinstance(datamodule, TextDataModule) else {}
 
 
 def collect(trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float],
@@ -82,7 +81,7 @@ def collect(trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str,
     run_dir = Path(trainer.default_root_dir)
     trainable, total = count_parameters(pl_module)
     datamodule = trainer.datamodule
-    hparams = dict(getattr(pl_module, "hparams", {}))
+    hparams = dict(pl_module.hparams)
     return {
         "run_dir": str(run_dir),
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -95,7 +94,7 @@ def collect(trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str,
         "total_params": total,
         "data_class": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}" if datamodule else None,
         "data_sizes": data_sizes(datamodule),
-        "label_names": list(getattr(pl_module, "label_names", None) or []),
+        "label_names": list((pl_module.label_names if isinstance(pl_module, TaskModule) else None) or []),
         "hyperparameters": hyperparameters(run_dir, pl_module),
         "fit_seconds": fit_seconds,
         "epochs": read_metrics_csv(run_dir / "metrics.csv"),

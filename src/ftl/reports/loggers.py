@@ -17,6 +17,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
+from ftl.models.base import TaskModule
+from ftl.models.outputs import TaskOutputs
+
 _OFFLINE_MODES = ("offline", "dryrun", "disabled")
 MAX_TABLE_ROWS = 500  # rows of sample predictions / generated answers sent to W&B per run
 RUN_FILES = ("summary.md", "compare.md", "compare.json", "confusion_matrix.csv")  # logged when they exist
@@ -66,10 +69,10 @@ def prepare_wandb_env() -> str:
     - wandb's own caches (debug logs, table staging) go under ftl's cache, not ~/.cache and ~/.local/share.
     Returns the mode in effect ("" when wandb decides: online with a key).
     """
-    from ftl.data.text import ftl_cache_dir
+    from ftl.hub import cache_root
 
     for var in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        os.environ.setdefault(var, str(ftl_cache_dir() / "wandb"))
+        os.environ.setdefault(var, str(cache_root() / "wandb"))
     mode = os.environ.get("WANDB_MODE", "")
     if not mode and not wandb_credentials_found():
         os.environ["WANDB_MODE"] = mode = "offline"
@@ -137,20 +140,21 @@ def _runs(trainer: L.Trainer | None) -> list[Any]:
 
 
 # ---------------------------------------------------------------------------------------------- test tables
-def classification_tables(pl_module: L.LightningModule, datamodule: Any, metrics: dict[str, Any],
-                          max_rows: int = MAX_TABLE_ROWS) -> dict[str, tuple[list[str], list[list[Any]]]]:
-    """Per-class metrics and sample predictions of a finished test, as (columns, rows) per table name.
-
-    Reads what `SequenceClassifier` keeps after test: `test_outputs` (probs and labels, data order),
-    `confusion_matrix` and `label_names`; texts come from the data module's raw test split.
-    """
-    names = list(getattr(pl_module, "label_names", None) or [])
-    outputs = getattr(pl_module, "test_outputs", None) or []
+def test_tables(outputs: TaskOutputs, metrics: dict[str, Any], max_rows: int = MAX_TABLE_ROWS
+                ) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    """Per-class metrics and sample predictions of a finished test, as (columns, rows) per table name, from the
+    task contract (`TaskOutputs`) and the logged metrics. Tasks without labels get their records as they are
+    written; JSONL records (generated answers) are sent from the run directory by `log_run_files`."""
+    names = list(outputs.label_names or [])
     tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
     if not names:
+        if outputs.records and outputs.records_format == "csv":
+            rows = outputs.rows()[:max_rows]
+            columns = list(rows[0])
+            tables["test/predictions"] = (columns, [[_cell(row.get(c)) for c in columns] for row in rows])
         return tables
-    matrix = getattr(pl_module, "confusion_matrix", None)
-    support = [int(v) for v in matrix.sum(dim=1).tolist()] if matrix is not None else [None] * len(names)
+    matrix = outputs.confusion_matrix
+    support = [sum(row) for row in matrix.counts] if matrix is not None and matrix.square else [None] * len(names)
 
     def value(kind: str, name: str) -> float | None:
         item = metrics.get(f"test/{kind}/{name}")
@@ -161,29 +165,14 @@ def classification_tables(pl_module: L.LightningModule, datamodule: Any, metrics
         [[name, value("precision", name), value("recall", name), value("f1", name), n]
          for name, n in zip(names, support, strict=True)],
     )
-    if len(outputs) == 1 and "probs" in outputs[0] and "labels" in outputs[0]:
-        probs, labels = outputs[0]["probs"], outputs[0]["labels"]
-        best_prob, predicted = probs.max(dim=-1)
-        texts = _test_texts(datamodule, len(labels))
-        rows = []
-        for i in range(min(len(labels), max_rows)):
-            label, pred = int(labels[i]), int(predicted[i])
-            text = texts[i] if texts is not None else ""
-            rows.append([text, names[label], names[pred], round(float(best_prob[i]), 4), label == pred])
-        tables["test/predictions"] = (["text", "label", "prediction", "probability", "correct"], rows)
+    records = outputs.records[:max_rows]
+    if records:
+        inputs = list(records[0].inputs)
+        rows = [[*(str(r.inputs.get(c, "")) for c in inputs), r.reference, r.prediction,
+                 round(max(r.scores.values()), 4) if r.scores else None, r.reference == r.prediction]
+                for r in records]
+        tables["test/predictions"] = ([*inputs, "label", "prediction", "probability", "correct"], rows)
     return tables
-
-
-def _test_texts(datamodule: Any, n: int) -> list[str] | None:
-    """The raw test texts in data order, when the data module has them and they line up with the outputs."""
-    try:
-        from ftl.data.text import column
-
-        raw = datamodule.raw["test"]
-        texts = column(raw, getattr(datamodule, "text_column", "text"))
-    except Exception:  # noqa: BLE001 - a module without raw texts just gets a table without them
-        return None
-    return [str(t) for t in texts] if len(texts) == n else None
 
 
 class WandbReport(L.Callback):
@@ -197,19 +186,22 @@ class WandbReport(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         runs = _runs(trainer) if trainer.is_global_zero else []
-        if runs:
-            _guarded("test tables", self._log_tables, runs, trainer, pl_module)
+        outputs = pl_module.test_outputs if isinstance(pl_module, TaskModule) else None
+        if runs and outputs is not None:
+            _guarded("test tables", self._log_tables, runs, outputs, trainer.callback_metrics)
 
-    def _log_tables(self, runs: list[Any], trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _log_tables(self, runs: list[Any], outputs: TaskOutputs, metrics: dict[str, Any]) -> None:
         import wandb
 
-        tables = classification_tables(pl_module, trainer.datamodule, trainer.callback_metrics, self.max_rows)
+        tables = test_tables(outputs, metrics, self.max_rows)
         payload: dict[str, Any] = {key: wandb.Table(columns=cols, data=rows) for key, (cols, rows) in tables.items()}
-        outputs = getattr(pl_module, "test_outputs", None) or []
-        names = list(getattr(pl_module, "label_names", None) or [])
-        if names and len(outputs) == 1 and "probs" in outputs[0]:
+        names = list(outputs.label_names or [])
+        matrix = outputs.confusion_matrix
+        if names and matrix is not None and matrix.square and outputs.records:
+            index = {name: i for i, name in enumerate(names)}
             payload["test/confusion_matrix"] = wandb.plot.confusion_matrix(
-                y_true=outputs[0]["labels"].tolist(), preds=outputs[0]["probs"].argmax(-1).tolist(),
+                y_true=[index[r.reference] for r in outputs.records],
+                preds=[index[r.prediction] for r in outputs.records],
                 class_names=names, title="Test confusion matrix",
             )
         for run in runs:

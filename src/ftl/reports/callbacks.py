@@ -1,5 +1,9 @@
-"""Callbacks that turn a run into files a person can read: metrics.json, the confusion matrix, test predictions,
-throughput, summary.md, plots/ and the Hugging Face export hf_model/."""
+"""Callbacks that turn a run into files a person can read: metrics.json, the confusion matrix, test records,
+predictions, throughput, summary.md, plots/ and the Hugging Face export hf_model/.
+
+What they know of a task is the contract of `ftl.models.outputs` (`TaskModule.test_outputs` after test, the
+records `predict_step` returns) and the metrics it logged; nothing else is looked up on a task or data module.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from ftl.data.text import TextDataModule
+from ftl.models.base import TaskModule, gather_records
+from ftl.models.outputs import Record, TaskOutputs
+
 
 def _scalar(value: Any) -> float | None:
     if isinstance(value, torch.Tensor):
@@ -25,15 +33,52 @@ def _scalar(value: Any) -> float | None:
     return None
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write via a temporary file so a crash never leaves half a metrics file behind."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write via a temporary sibling and a rename, so a crash never leaves half a file that looks valid."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+    return path
+
+
+def write_json(path: Path, data: dict) -> None:
+    """metrics.json and friends, written atomically (see `write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]], fmt: str) -> Path:
+    """Rows as CSV (header from the first row) or JSONL, atomically."""
+    import csv
+    import io
+
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return write_text_atomic(path, buffer.getvalue())
+    return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def task_outputs(pl_module: L.LightningModule) -> TaskOutputs | None:
+    """The task contract of the test that just ended (None for modules that are not ftl tasks)."""
+    return pl_module.test_outputs if isinstance(pl_module, TaskModule) else None
+
+
+def confusion_csv(outputs: TaskOutputs) -> str:
+    matrix = outputs.confusion_matrix
+    corner = "true\\pred" if matrix.square else "label"
+    lines = [",".join([corner, *matrix.columns])]
+    for name, row in zip(matrix.rows, matrix.counts, strict=True):
+        lines.append(",".join([name, *(str(int(v)) for v in row)]))
+    return "\n".join(lines) + "\n"
 
 
 class RunOutputs(L.Callback):
-    """Writes `metrics.json` (final metrics of the stage that ran) and `confusion_matrix.csv` to the run dir."""
+    """Writes `metrics.json` (final metrics of the stage that ran) and, from the task's `TaskOutputs`,
+    `confusion_matrix.csv` and the test records (`test_predictions.csv` / `generations.jsonl`) to the run dir."""
 
     def _run_dir(self, trainer: L.Trainer) -> Path:
         return Path(trainer.default_root_dir)
@@ -52,45 +97,15 @@ class RunOutputs(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save_metrics(trainer, "test/")
-        matrix = getattr(pl_module, "confusion_matrix", None)
-        names = getattr(pl_module, "label_names", None)
-        if trainer.is_global_zero and matrix is not None and names:
-            rows = ["true\\pred," + ",".join(names)]
-            for name, row in zip(names, matrix.tolist(), strict=True):
-                rows.append(f"{name}," + ",".join(str(int(v)) for v in row))
-            (self._run_dir(trainer) / "confusion_matrix.csv").write_text("\n".join(rows) + "\n")
-        if trainer.is_global_zero and trainer.world_size == 1:
-            self._save_test_predictions(trainer, pl_module)
-
-    def _save_test_predictions(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """`test_predictions.csv`: per test row the inputs, true and predicted label, every probability (full
-        precision), from a classifier's `test_outputs` (`probs`, `labels`, `preds`, rows in data order)."""
-        import csv
-
-        outputs, names = getattr(pl_module, "test_outputs", None), getattr(pl_module, "label_names", None)
-        if not outputs or not names or not {"probs", "labels"} <= set(outputs[0]):
+        outputs = task_outputs(pl_module)
+        if not trainer.is_global_zero or outputs is None:
             return
-        merged = {key: torch.cat([o[key] for o in outputs]) for key in ("probs", "labels")}
-        if merged["labels"].ndim != 1:  # one label per row only (multi-label rows have a vector)
-            return
-        preds = torch.cat([o["preds"] for o in outputs]) if "preds" in outputs[0] else merged["probs"].argmax(-1)
-        datamodule = trainer.datamodule
-        raw = getattr(datamodule, "raw", None)
-        inputs = [{}] * len(preds)
-        same_rows = raw is not None and "test" in raw and len(raw["test"]) == len(preds)
-        if same_rows and hasattr(datamodule, "input_columns"):
-            inputs = raw["test"].select_columns(datamodule.input_columns()).to_list()
-        path = self._run_dir(trainer) / "test_predictions.csv"
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = None
-            for inp, label, pred, probs in zip(inputs, merged["labels"].tolist(), preds.tolist(),
-                                               merged["probs"].tolist(), strict=True):
-                row = {**inp, "label": names[label], "predicted_label": names[pred]}
-                row.update({f"prob_{name}": repr(p) for name, p in zip(names, probs, strict=True)})
-                if writer is None:
-                    writer = csv.DictWriter(f, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow(row)
+        run_dir = self._run_dir(trainer)
+        if outputs.confusion_matrix is not None:
+            write_text_atomic(run_dir / "confusion_matrix.csv", confusion_csv(outputs))
+        if outputs.records:
+            # per test row, in the data's order: inputs, reference, prediction, scores (full precision)
+            write_rows(run_dir / outputs.records_file, outputs.rows(), outputs.records_format)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "validate":
@@ -179,49 +194,23 @@ class ResumeRandomState(L.Callback):
         self._loaded = None
 
 
-def _dataset_indices(batch_indices: Any, n_batches: int) -> list[int]:
-    """Flatten Lightning's per-batch sampler indices (one dataloader) into one list."""
-    per_loader = batch_indices[0] if batch_indices else []
-    if per_loader and isinstance(per_loader[-1], list) and per_loader[-1] and isinstance(per_loader[-1][0], list):
-        per_loader = per_loader[-1]  # Lightning stores references to its growing list of seen batches
-    return [int(i) for batch in per_loader[:n_batches] for i in batch]
-
-
 class PredictionWriter(BasePredictionWriter):
-    """Writes `predict_step`'s records (one dict per input) beside the inputs to `predictions.csv` or `.jsonl`.
-
-    The module chooses the format with a `prediction_format` attribute ("csv" or "jsonl"); the data module
-    supplies the inputs in the same order through `predict_inputs()`.
-    """
+    """Writes the records `predict_step` returns (`TaskModule`: one `Record` per input, with the input columns)
+    to `predictions.csv` or `.jsonl` (the task's `records_format`), in the data's order."""
 
     def __init__(self) -> None:
         super().__init__(write_interval="epoch")
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        if not trainer.is_global_zero or not predictions:
+        if not isinstance(pl_module, TaskModule):
             return
-        records = [record for batch in predictions for record in batch]
-        order = _dataset_indices(batch_indices, len(predictions))
-        if len(order) == len(records):  # evaluation batches are sorted by length: put rows back in data order
-            restored: list[Any] = [None] * len(records)
-            for position, record in zip(order, records, strict=True):
-                restored[position] = record
-            records = restored
-        datamodule = trainer.datamodule
-        inputs = datamodule.predict_inputs() if hasattr(datamodule, "predict_inputs") else [{}] * len(records)
-        rows = [{**inp, **rec} for inp, rec in zip(inputs, records, strict=True)]
-        fmt = getattr(pl_module, "prediction_format", "jsonl")
-        path = Path(trainer.default_root_dir) / f"predictions.{fmt}"
-        if fmt == "csv":
-            import csv
-
-            with open(path, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-        else:
-            path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-        print(f"ftl: wrote {len(rows)} predictions to {path}")
+        records: list[Record] = gather_records([record for batch in predictions or [] for record in batch])
+        if not trainer.is_global_zero or not records:
+            return
+        outputs = pl_module.plain_outputs(records)
+        path = Path(trainer.default_root_dir) / f"predictions.{outputs.records_format}"
+        write_rows(path, outputs.rows(), outputs.records_format)
+        print(f"ftl: wrote {len(records)} predictions to {path}")
 
 
 def _batch_size(batch: Any) -> int:
@@ -335,7 +324,7 @@ def _latest_metrics(trainer: L.Trainer) -> dict[str, float]:
 
 
 class RunSummary(L.Callback):
-    """Writes `summary.md` (see `ftl.summary`) after fit and again after each test, so it holds the latest numbers."""
+    """Writes `summary.md` (see `ftl.reports.summary`) after fit and again after each test: the latest numbers."""
 
     def __init__(self) -> None:
         self._fit_seconds: float | None = None
@@ -350,7 +339,7 @@ class RunSummary(L.Callback):
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from ftl.summary import collect, write_summary
+        from ftl.reports.summary import collect, write_summary
 
         flush_csv_logs(trainer)
         info = collect(trainer, pl_module, _latest_metrics(trainer), self._fit_seconds, self._started)
@@ -366,48 +355,51 @@ class RunSummary(L.Callback):
 
 class Plots(L.Callback):
     """`plots/loss.png` after fit; after test, for classifiers, `plots/confusion_matrix.png` and, for binary
-    tasks, `plots/precision_recall.png` (see `ftl.plots`)."""
+    tasks, `plots/precision_recall.png` (see `ftl.reports.plots`)."""
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from ftl import plots
-        from ftl.tables import read_metrics_csv
+        from ftl.reports import plots
+        from ftl.reports.tables import read_metrics_csv
 
         rows = read_metrics_csv(flush_csv_logs(trainer))
         plots.loss_curves(rows, Path(trainer.default_root_dir) / "plots" / "loss.png")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        matrix, names = getattr(pl_module, "confusion_matrix", None), getattr(pl_module, "label_names", None)
-        if not trainer.is_global_zero or matrix is None or not names:
+        outputs = task_outputs(pl_module)
+        if not trainer.is_global_zero or outputs is None:
             return
-        from ftl import plots
+        from ftl.reports import plots
 
         folder = Path(trainer.default_root_dir) / "plots"
-        plots.confusion_matrix(matrix, names, folder / "confusion_matrix.png")
-        outputs = getattr(pl_module, "test_outputs", None)
-        if len(names) == 2 and outputs and trainer.world_size == 1 and {"probs", "labels"} <= set(outputs[0]):
-            probs = torch.cat([o["probs"] for o in outputs])[:, 1]
-            labels = torch.cat([o["labels"] for o in outputs])
-            preds = torch.cat([o["preds"] for o in outputs]) if "preds" in outputs[0] else None
-            if labels.ndim == 1:
-                plots.precision_recall(probs, labels, names[1], folder / "precision_recall.png", preds)
+        matrix = outputs.confusion_matrix
+        if matrix is not None and matrix.square:
+            plots.confusion_matrix(torch.tensor(matrix.counts), matrix.rows, folder / "confusion_matrix.png")
+        positive = outputs.positive_label
+        key = f"prob_{positive}"
+        if positive and outputs.records and all(key in r.scores for r in outputs.records):
+            probs = torch.tensor([r.scores[key] for r in outputs.records])
+            labels = torch.tensor([int(r.reference == positive) for r in outputs.records])
+            preds = torch.tensor([int(r.prediction == positive) for r in outputs.records])
+            plots.precision_recall(probs, labels, positive, folder / "precision_recall.png", preds)
 
 
 class HFExport(L.Callback):
     """At the end of fit, saves the best checkpoint (the last weights if none was saved) as a Hugging Face folder
-    `hf_model/` (model, tokenizer, label names) that `transformers.pipeline` loads; see `ftl.export`."""
+    `hf_model/` (model, tokenizer with the run's max_length, label names) that `transformers.pipeline` loads;
+    see `ftl.reports.export`."""
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or not hasattr(getattr(pl_module, "model", None), "save_pretrained"):
+        if not trainer.is_global_zero or not isinstance(pl_module, TaskModule):
             return
-        import shutil
-
-        from ftl.export import module_from_checkpoint, save_hf_folder
+        from ftl.reports.export import export_module, module_from_checkpoint
 
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
         module = module_from_checkpoint(type(pl_module), best) if best else pl_module
+        datamodule = trainer.datamodule
+        tokenizer, max_length = (datamodule.tokenizer, datamodule.max_length) \
+            if isinstance(datamodule, TextDataModule) else (None, None)
         out = Path(trainer.default_root_dir) / "hf_model"
-        shutil.rmtree(out, ignore_errors=True)  # a resumed run replaces its export
-        save_hf_folder(module, out, getattr(trainer.datamodule, "tokenizer", None))
+        export_module(module, out, tokenizer, max_length=max_length, overwrite=True)  # a resumed run replaces it
         print(f"ftl: exported {'the best checkpoint' if best else 'the final weights'} to {out}")

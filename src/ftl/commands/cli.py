@@ -1,4 +1,6 @@
-"""`ftl` / `python -m ftl`: LightningCLI with one run directory per run, linked arguments and test-after-fit.
+"""`ftl fit|validate|test|predict` (LightningCLI) and the entry point that dispatches every `ftl` command.
+
+One run directory per run (`ftl.commands.rundir`), linked arguments, test-after-fit, one-line user errors.
 
 Model and data are given in subclass mode (`class_path` in the YAML), so any LightningModule or
 LightningDataModule plugs in without touching this file. The CLI adds only what every task shares:
@@ -11,21 +13,30 @@ LightningDataModule plugs in without touching this file. The CLI adds only what 
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import sys
 import warnings
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from ftl.callbacks import HFExport, Plots, PredictionWriter, ResumeRandomState, RunOutputs, RunSummary, Throughput
+from ftl.commands.parsing import FTLArgumentParser, check_config_files, find_user_error
+from ftl.commands.rundir import RunDirectory, clear_derived, given_run_dir, new_run_dir, newest_resumable
+from ftl.data.text import TextDataModule
 from ftl.errors import FTLError
-from ftl.loggers import WandbReport, finish_wandb, log_config, prepare_wandb_env, start_wandb, wandb_loggers
-from ftl.malloc import tune_malloc
+from ftl.reports.callbacks import (
+    HFExport,
+    Plots,
+    PredictionWriter,
+    ResumeRandomState,
+    RunOutputs,
+    RunSummary,
+    Throughput,
+)
+from ftl.reports.loggers import WandbReport, finish_wandb, log_config, prepare_wandb_env, start_wandb, wandb_loggers
+from ftl.speedups import CPUSpeedups
 
 _CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 _LINKED_INTO_MODEL = ("num_labels", "label_names", "label_counts")  # from the data module, see link_arguments
@@ -39,8 +50,8 @@ class FTLCLI(LightningCLI):
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         self.run_dir: Path | None = None
-        self._made_run_dir = False
-        tune_malloc()  # before the model and data allocate anything: see ftl.malloc
+        self._run_directory: RunDirectory | None = None
+        self._speedups = CPUSpeedups()  # switched by --cpu_speedups before the trainer exists
         import_builtin_classes()
         kwargs.setdefault("parser_class", FTLArgumentParser)
         super().__init__(
@@ -52,7 +63,7 @@ class FTLCLI(LightningCLI):
             save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"callbacks": [RunOutputs(), PredictionWriter(), WandbReport(), Throughput(), RunSummary(),
-                                            Plots(), HFExport(), ResumeRandomState()]},
+                                            Plots(), HFExport(), ResumeRandomState(), self._speedups]},
             auto_configure_optimizers=False,
             args=args,
             run=run,
@@ -65,7 +76,11 @@ class FTLCLI(LightningCLI):
                             help="Run directory (default: <runs_root>/<run_name>/<timestamp>, always new).")
         parser.add_argument("--run_name", type=str | None, default=None,
                             help="Name of the run family (default: the config file's name).")
-        parser.add_argument("--runs_root", type=str, default="runs", help="Where run directories are made.")
+        parser.add_argument("--runs_root", type=str, default="runs",
+                            help="Where run directories are made (`--trainer.default_root_dir` sets the same).")
+        parser.add_argument("--cpu_speedups", type=bool, default=True,
+                            help="On CPU: 16-bit dropout masks and glibc malloc thresholds (ftl.speedups); they change "
+                            "the random stream relative to torch's dropout. false: torch's dropout and malloc.")
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, test the best checkpoint when the data has a test split.")
         parser.add_argument("--compare_after_fit", type=bool, default=False,
@@ -91,14 +106,24 @@ class FTLCLI(LightningCLI):
     # ------------------------------------------------------------------ run directory
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        # Lightning's convention: --trainer.default_root_dir DIR puts the runs under DIR (ftl's --runs_root)
+        user_root, user_ckpt_dir = config.trainer.get("default_root_dir"), config.checkpoint.dirpath
+        if user_root:
+            config.runs_root = str(user_root)
         self.run_dir = self._make_run_dir(config)
         config.trainer.default_root_dir = str(self.run_dir)
         if not config.checkpoint.dirpath:
             config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
+        # config.yaml records what the user gave, not this run's paths: re-using it must make a new run
+        self.save_config_kwargs["restore"] = {"trainer.default_root_dir": user_root,
+                                              "checkpoint.dirpath": user_ckpt_dir, "run_dir": None}
+        self._speedups.enabled = bool(config.get("cpu_speedups", True))
         config.trainer.logger = self._loggers_in(config.trainer.logger, self.run_dir)
         self._adjust_callbacks(config.trainer)
         self._without_validation(config)
         self._earlier_metrics = self._metrics_before_resume(config)
+        if self.subcommand == "fit" and config.get("ckpt_path") and not self._run_directory.created:
+            clear_derived(self.run_dir)
 
     def _metrics_before_resume(self, config) -> list[dict[str, float]]:
         """The rows of a resumed run's metrics.csv up to its checkpoint: Lightning's CSV logger deletes the file
@@ -170,53 +195,39 @@ class FTLCLI(LightningCLI):
         """
         if config.get("ckpt_path") != "last" or config.run_dir or config.checkpoint.dirpath:
             return None
-        base = Path(config.runs_root).expanduser() / (config.run_name or self._config_name(config))
-        found = [p for p in base.glob("*/checkpoints/last.ckpt") if p.is_file()]
-        if not found:
+        root, name = config.runs_root, config.run_name or self._config_name(config)
+        found = newest_resumable(root, name)
+        if found is None:
             raise FTLError(
-                f"--ckpt_path last: no run under '{base}' has checkpoints/last.ckpt: "
+                f"--ckpt_path last: no run under '{Path(root).expanduser() / name}' has checkpoints/last.ckpt: "
                 "train one first, or pass --run_dir of the run to resume (or a checkpoint file)"
             )
-        last = max(found, key=lambda p: p.stat().st_mtime)
+        last = found / "checkpoints" / "last.ckpt"
         if self.subcommand != "fit":
             config.ckpt_path = str(last)
             return None
         print(f"ftl: resuming {last}", file=sys.stderr)
-        return last.parent.parent
+        return found
 
     def _make_run_dir(self, config) -> Path:
-        resumed = self._resume_last(config)
         inherited = os.environ.get(_RUN_DIR_ENV)
-        if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
+        if inherited and os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP worker: rank 0 made it
+            self._run_directory = RunDirectory(Path(inherited), created=False)
             return Path(inherited)
+        resumed = self._resume_last(config)
+        fit = self.subcommand == "fit"
         if resumed is not None:
-            os.environ[_RUN_DIR_ENV] = str(resumed)
-            print(f"ftl: run directory: {resumed}", file=sys.stderr)
-            return resumed
-        resuming = bool(getattr(config, "ckpt_path", None))
-        if config.run_dir:
-            path = Path(config.run_dir).expanduser()
-            if self.subcommand == "fit" and not resuming and path.is_dir() and any(path.iterdir()):
-                raise FTLError(
-                    f"run_dir '{path}' already holds a run: pick a new --run_dir, or resume it with --ckpt_path last"
-                )
-            last = path / "checkpoints" / "last.ckpt"
-            if self.subcommand == "fit" and config.ckpt_path == "last" and not config.checkpoint.dirpath \
-                    and not last.is_file():
+            self._run_directory = RunDirectory(resumed, created=False)
+        elif config.run_dir:
+            last = Path(config.run_dir).expanduser() / "checkpoints" / "last.ckpt"
+            if fit and config.ckpt_path == "last" and not config.checkpoint.dirpath and not last.is_file():
                 raise FTLError(f"--ckpt_path last: '{last}' does not exist: check --run_dir or pass a checkpoint file")
+            self._run_directory = given_run_dir(config.run_dir, fit=fit, resuming=bool(config.get("ckpt_path")))
         else:
-            name = config.run_name or self._config_name(config)
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             label = self.subcommand or self.run_label
-            if label and label != "fit":
-                stamp += f"-{label}"
-            base = Path(config.runs_root).expanduser() / name
-            path, n = base / stamp, 1
-            while path.exists():
-                n += 1
-                path = base / f"{stamp}-{n}"
-        self._made_run_dir = not path.exists()
-        path.mkdir(parents=True, exist_ok=True)
+            self._run_directory = new_run_dir(config.runs_root, config.run_name or self._config_name(config),
+                                              None if label == "fit" else label)
+        path = self._run_directory.path
         os.environ[_RUN_DIR_ENV] = str(path)
         print(f"ftl: run directory: {path}", file=sys.stderr)
         return path
@@ -290,19 +301,21 @@ class FTLCLI(LightningCLI):
 
     def _discard_run_dir(self) -> None:
         """A run that failed on bad input leaves nothing behind (and never touches other runs)."""
-        if self._made_run_dir and self.run_dir is not None and not any(self.run_dir.glob("checkpoints/*.ckpt")):
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self._run_directory is not None:
+            self._run_directory.discard()
 
     def after_fit(self) -> None:
         config = self.config["fit"]
-        has_test = getattr(self.datamodule, "has_split", lambda split: False)("test")
+        datamodule = self.datamodule
+        has_test = datamodule.has_split("test") if isinstance(datamodule, TextDataModule) \
+            else is_overridden("test_dataloader", datamodule)
         if not has_test:
             return
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
         if config.test_after_fit:
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True)
         if config.compare_after_fit and self.trainer.world_size == 1:  # (multi-process: run `ftl compare` after)
-            from ftl.compare import compare_after_fit
+            from ftl.reports.compare import compare_after_fit  # (imported when used: it loads torchmetrics plots)
 
             compare_after_fit(self.model, self.datamodule, self.run_dir, best or None, config.seed_everything,
                               config.trainer)
@@ -328,40 +341,6 @@ def import_builtin_classes() -> None:
         importlib.import_module(name)
 
 
-class FTLArgumentParser(LightningArgumentParser):
-    """Parse errors as a short message and a pointer to --help, instead of the full usage of every option."""
-
-    def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
-            return super().error(message, ex)
-        parser = getattr(ex, "subcommand_parser", None) or self
-        prog = parser.prog.replace(" [options]", "").replace("__main__.py", "python -m ftl")
-        sys.stderr.write(f"{prog}: error: {condense_parse_error(message)}\n(`{prog} --help` lists every option)\n")
-        raise SystemExit(2)
-
-
-# The lines of a jsonargparse message that say what was wrong (the rest lists every Union subtype tried).
-_PARSE_ERROR_DETAILS = ("Got value", "is not accepted", "Expected a path", "is required", "not a valid", "Import path")
-
-
-def condense_parse_error(message: str) -> str:
-    """`model.learning_rate: Expected a <class 'float'>. Got value: x` from jsonargparse's nested explanation
-    of a bad value in subclass mode; other messages are returned unchanged."""
-    lines = [line.strip().removeprefix("- ").strip() for line in message.strip().splitlines() if line.strip()]
-    if len(lines) == 1:
-        return message.strip()
-    detail = next((line for line in lines if any(mark in line for mark in _PARSE_ERROR_DETAILS)), None)
-    if detail is not None:
-        keys = re.findall(r'Parser key "([^"]+)"', message[: message.find(detail)])
-    else:  # a plain type mismatch: the first type expected and the value given
-        expected = next((line for line in lines if line.startswith("Expected a")), None)
-        given = next((line for line in lines if line.startswith("Given value:")), None)
-        if expected is None or given is None:
-            return message.strip()
-        detail, keys = f"{expected}. {given}", re.findall(r'Parser key "([^"]+)"', message)
-    return f"{'.'.join(keys)}: {detail}" if keys else detail
-
-
 class RunConfig(SaveConfigCallback):
     """Saves the resolved config to the run directory, and the same config, nested, into W&B runs.
 
@@ -369,13 +348,25 @@ class RunConfig(SaveConfigCallback):
     them overwrite each other's config); here it always goes to the run directory.
     """
 
+    def __init__(self, *args: Any, restore: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.restore = restore or {}
+
+    def _as_given(self) -> Any:
+        """The config with this run's own paths put back to what the user gave (see before_instantiate_classes)."""
+        config = self.config.clone()
+        for key, value in self.restore.items():
+            if key in config:
+                config[key] = value
+        return config
+
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.already_saved:
             return
         if trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / self.config_filename
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, str(path), skip_none=False, overwrite=self.overwrite,
+            self.parser.save(self._as_given(), str(path), skip_none=False, overwrite=self.overwrite,
                              multifile=self.multifile)
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True
@@ -386,7 +377,7 @@ class RunConfig(SaveConfigCallback):
 
         if not wandb_loggers(trainer):
             return
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        config = yaml.safe_load(self.parser.dump(self._as_given(), skip_none=False))
         # values linked in from the data (num_labels, label_names) are what the model received: add them
         init_args = (config.get("model") or {}).setdefault("init_args", {})
         for key, value in dict(getattr(pl_module, "hparams_initial", {})).items():
@@ -408,10 +399,10 @@ def _configure_environment() -> None:
 
 # Subcommands beyond Lightning's fit/validate/test/predict: "module:function" taking the remaining argv.
 EXTRA_COMMANDS: dict[str, str] = {
-    "compare": "ftl.compare:main",  # base vs fine-tuned model on the same test split -> compare.md
-    "export": "ftl.export:main",  # a checkpoint as a Hugging Face folder
-    "mcq": "ftl.mcq:main",  # multiple-choice (MMLU-style) accuracy of a causal LM
-    "sweep": "ftl.sweep:main",  # a W&B sweep file run locally, trials as `ftl fit` runs, leaderboard
+    "compare": "ftl.commands.compare:main",  # base vs fine-tuned model on the same test split -> compare.md
+    "export": "ftl.commands.export:main",  # a checkpoint as a Hugging Face folder
+    "mcq": "ftl.commands.mcq:main",  # multiple-choice (MMLU-style) accuracy of a causal LM
+    "sweep": "ftl.commands.sweep:main",  # a W&B sweep file run locally, trials as `ftl fit` runs, leaderboard
 }
 
 
@@ -434,33 +425,3 @@ def main(args: Any = None) -> None:
             raise
         print(f"ftl: error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def check_config_files(argv: list[str]) -> None:
-    """Missing or malformed `--config` files become one clear line (jsonargparse prints a parser dump)."""
-    import yaml
-
-    for flag, value in zip(argv, argv[1:], strict=False):
-        if flag not in ("--config", "-c"):
-            continue
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise FTLError(f"config file '{value}' not found: check the path (task configs live in configs/)")
-        try:
-            yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise FTLError(f"config file '{value}' is not valid YAML{where} ({problem}): fix the YAML") from None
-
-
-def find_user_error(err: BaseException | None) -> FTLError | None:
-    """The FTLError behind `err`, if any: jsonargparse wraps errors raised while instantiating classes."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, FTLError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None

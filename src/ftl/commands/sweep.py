@@ -11,7 +11,6 @@ run summary gets the same values at the end of the run, so online and local swee
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import json
@@ -22,10 +21,10 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from ftl.commands.rundir import given_run_dir, new_run_dir
 from ftl.errors import FTLError
 
 METHODS = ("grid", "random", "bayes")
@@ -230,7 +229,7 @@ def _error_line(output: str) -> str:
 def _run_in_process(trial: Trial, command: list[str], out: Any, env: dict[str, str]) -> int:
     import contextlib
 
-    from ftl.cli import main
+    from ftl.commands.cli import main
 
     argv = command[command.index("ftl") + 1:] if "ftl" in command else command[command.index("fit"):]
     saved = dict(os.environ)
@@ -329,10 +328,10 @@ def run_sweep(sweep_file: str, count: int | None = None, extra: list[str] | None
         raise FTLError(f"the sweep's config '{config}' is not found from {Path.cwd()}: run ftl sweep from the "
                        "folder the sweep command expects (the repo root for sweeps/*.yaml)")
     stem = Path(sweep_file).stem
-    out = Path(sweep_dir) if sweep_dir else Path("runs") / "sweeps" / stem / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if out.exists() and any(out.iterdir()):
-        raise FTLError(f"sweep_dir '{out}' already holds a sweep: pick a new --sweep_dir")
-    out.mkdir(parents=True, exist_ok=True)
+    if sweep_dir and Path(sweep_dir).exists() and any(Path(sweep_dir).iterdir()):
+        raise FTLError(f"sweep_dir '{sweep_dir}' already holds a sweep: pick a new --sweep_dir")
+    out = given_run_dir(sweep_dir, fit=False, resuming=False).path if sweep_dir else \
+        new_run_dir(Path("runs") / "sweeps", stem).path
     metric = (sweep.get("metric") or {}).get("name")
     if metric is None:
         print("ftl: sweep: the sweep file names no metric, so the leaderboard is in trial order", file=sys.stderr)
@@ -357,39 +356,43 @@ def run_sweep(sweep_file: str, count: int | None = None, extra: list[str] | None
 
 
 # ---------------------------------------------------------------------------------------------- entry point
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ftl sweep", allow_abbrev=False,
-        description="Run a W&B sweep file locally: each trial is an `ftl fit` with its own run directory; "
-                    "a leaderboard (csv, md) sorted by the sweep metric is written to the sweep directory. "
-                    "Any other --key value is passed to every trial after the sweep's values, and fixes "
-                    "that sweep parameter.",
-    )
-    parser.add_argument("sweep_file", help="W&B sweep YAML, e.g. sweeps/cancer.yaml")
-    parser.add_argument("--count", type=int, default=None,
-                        help="Number of trials (random: required unless run_cap; grid: at most this many).")
-    parser.add_argument("--method", choices=METHODS, default=None, help="Override the file's method.")
-    parser.add_argument("--sweep_seed", type=int, default=0, help="Seed of the random parameter draws.")
-    parser.add_argument("--sweep_dir", default=None,
-                        help="Where trials and the leaderboard go (default runs/sweeps/<file>/<timestamp>).")
-    parser.add_argument("--in_process", action="store_true",
-                        help="Run trials in this process (faster start; a crash then ends the sweep).")
-    parser.add_argument("--dry_run", action="store_true", help="Print the trial commands, run nothing.")
-    return parser
+def sweep(sweep_file: str, count: int | None = None, method: Literal["grid", "random", "bayes"] | None = None,
+          sweep_seed: int = 0, sweep_dir: str | None = None, in_process: bool = False, dry_run: bool = False,
+          overrides: list[str] | None = None) -> None:
+    """Run a W&B sweep file locally: each trial is an `ftl fit` with its own run directory; a leaderboard (csv,
+    md) sorted by the sweep metric is written to the sweep directory. Any other --key value is passed to every
+    trial after the sweep's values, and fixes that sweep parameter.
 
-
-def main(argv: list[str]) -> None:
-    """`ftl sweep SWEEP.yaml --count N [--method M] [--sweep_seed S] [--sweep_dir D] [overrides...]`."""
-    args, extra = _parser().parse_known_args(argv)
-    extra = [a for a in extra if a != "--"]
-    if args.dry_run:
-        sweep, planned = plan_sweep(args.sweep_file, args.count, extra, args.method, args.sweep_seed)
+    Args:
+        sweep_file: W&B sweep YAML, e.g. sweeps/cancer.yaml.
+        count: number of trials (random: required unless run_cap; grid: at most this many).
+        method: override the file's method.
+        sweep_seed: seed of the random parameter draws.
+        sweep_dir: where trials and the leaderboard go (default runs/sweeps/<file>/<timestamp>).
+        in_process: run trials in this process (faster start; a crash then ends the sweep).
+        dry_run: print the trial commands, run nothing.
+        overrides: `--key value` arguments for every trial (the command line's other options).
+    """
+    extra = list(overrides or [])
+    if dry_run:
+        spec, planned = plan_sweep(sweep_file, count, extra, method, sweep_seed)
         for number, params in enumerate(planned, 1):
-            print(shlex.join(trial_command(sweep, params, extra, Path(f"<sweep_dir>/trial-{number:02d}"))))
+            print(shlex.join(trial_command(spec, params, extra, Path(f"<sweep_dir>/trial-{number:02d}"))))
         return
-    trials, out = run_sweep(args.sweep_file, args.count, extra, args.method, args.sweep_seed, args.sweep_dir,
-                            args.in_process)
+    trials, out = run_sweep(sweep_file, count, extra, method, sweep_seed, sweep_dir, in_process)
     print((out / "leaderboard.md").read_text())
     ok = sum(t.status == "ok" for t in trials)
     print(f"ftl: sweep: {ok}/{len(trials)} trials scored; leaderboard in {out / 'leaderboard.md'} and .csv",
           file=sys.stderr)
+
+
+def main(argv: list[str]) -> None:
+    """`ftl sweep SWEEP.yaml --count N [--method M] [--sweep_seed S] [--sweep_dir D] [overrides...]`."""
+    from ftl.commands.parsing import check_config_files, function_parser, split_passthrough
+
+    check_config_files(argv)
+    parser = function_parser("ftl sweep", sweep, positional=True, skip={"overrides"})
+    own, overrides = split_passthrough(parser, argv)
+    config = parser.parse_args(own).as_dict()
+    config["overrides"] = overrides
+    sweep(**{k: v for k, v in config.items() if k != "config" and not k.startswith("__")})

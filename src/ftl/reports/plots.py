@@ -30,7 +30,7 @@ def _save(fig, path: Path) -> Path:
 def loss_curves(rows: list[dict[str, float]], path: str | Path) -> Path | None:
     """Train loss per logged step (and per-epoch mean) and val loss per validation, against the global step.
 
-    `rows` are metrics.csv rows (`ftl.tables.read_metrics_csv`). Returns None when there is no loss to draw.
+    `rows` are metrics.csv rows (`ftl.reports.tables.read_metrics_csv`). Returns None when there is no loss to draw.
     """
     def series(key: str) -> tuple[list[float], list[float]]:
         points = [(row["step"], row[key]) for row in rows if key in row and "step" in row]

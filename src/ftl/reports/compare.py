@@ -1,11 +1,11 @@
-"""Before/after fine-tuning on the same test split: `ftl compare --config X.yaml --ckpt_path Y` (or `fit
---compare_after_fit true`) writes `compare.md` and `compare.json` and prints the table.
+"""Before/after fine-tuning on the same test split: `compare.md` and `compare.json` (the command is
+`ftl compare --config X.yaml --ckpt_path Y`, in `ftl.commands.compare`, or `fit --compare_after_fit true`).
 
 "Before" is the model the config builds, under the config's seed: the same pretrained weights and, where the
 module adds a task head, the very head that fine-tuning started from. "After" is a Lightning checkpoint or an
 exported Hugging Face folder (`hf_model/`). Both are tested by Lightning with ftl's own callbacks into
 `compare/before/` and `compare/after/` (metrics.json, test_predictions.csv...), and the table's rows are the
-metrics each module logs (see `ftl.tables`), so classification and causal LM need no special cases here.
+metrics each module logs (see `ftl.reports.tables`), so classification and causal LM need no special cases here.
 """
 
 from __future__ import annotations
@@ -18,17 +18,8 @@ from typing import Any
 import lightning as L
 
 from ftl.errors import FTLError
-from ftl.tables import format_value, markdown_table, metric_rows
-
-USAGE = """usage: ftl compare --config CONFIG.yaml (--ckpt_path CKPT | --finetuned HF_DIR) [--run_dir DIR] [overrides]
-
-Test the base model (pretrained weights, fresh task head under the config's seed) and the fine-tuned model on
-the same test split; write compare.md and compare.json to a new run directory and print the table.
-
-  --ckpt_path CKPT      Lightning checkpoint of the fine-tuned model (e.g. runs/<task>/<run>/checkpoints/last.ckpt)
-  --finetuned PATH      an exported Hugging Face folder (hf_model/), or a checkpoint
-  other options         as for `ftl test` (--data.data_dir, --model.pretrained, --trainer.accelerator, ...)
-"""
+from ftl.models.base import TaskModule, accepted_arguments
+from ftl.reports.tables import format_value, markdown_table, metric_rows
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -43,8 +34,18 @@ def fresh_model(module: L.LightningModule, seed: int | None) -> L.LightningModul
 
 
 def init_args(module: L.LightningModule) -> dict[str, Any]:
-    """The module's saved init arguments (LightningCLI adds private `_class_path`-style keys: not arguments)."""
-    return {key: value for key, value in dict(module.hparams).items() if not key.startswith("_")}
+    """The module's saved init arguments: LightningCLI adds private `_class_path`-style keys and the values of
+    links the module may not take (`label_counts`...); only what its `__init__` accepts is passed back."""
+    import inspect
+
+    args = {key: value for key, value in dict(module.hparams).items() if not key.startswith("_")}
+    accepted = accepted_arguments(type(module)) if isinstance(module, TaskModule) else None
+    if accepted is None:
+        params = inspect.signature(type(module).__init__).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return args
+        accepted = {p.name for p in params}
+    return {key: value for key, value in args.items() if key in accepted}
 
 
 def restore_checkpoint(module: L.LightningModule, ckpt_path: str | Path) -> L.LightningModule:
@@ -89,7 +90,7 @@ def finetuned_model(module: L.LightningModule, path: str | Path, seed: int | Non
 
 def _check_hf_labels(module: L.LightningModule, folder: Path) -> None:
     """A classifier built on a folder with other labels would get a fresh head and compare nonsense: refuse."""
-    names = getattr(module, "label_names", None)
+    names = module.label_names if isinstance(module, TaskModule) else None
     config_file = folder / "config.json"
     if not names or not config_file.is_file():
         return
@@ -108,7 +109,7 @@ def evaluate(module: L.LightningModule, datamodule: L.LightningDataModule, out_d
     The trainer has only ftl's throughput and run-output callbacks: no logger, no checkpoints, so the run
     directory's own metrics and logs stay those of the run.
     """
-    from ftl.callbacks import RunOutputs, Throughput
+    from ftl.reports.callbacks import RunOutputs, Throughput
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = out_dir / "metrics.json"
@@ -165,8 +166,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         table,
         "",
-        "Change = After - Before. Accuracy on <label> = share of that label's rows predicted as it (its recall). "
-        "Runtime and throughput: one pass over the test split"
+        "Change = After - Before. "
+        + ("Accuracy on <label> = share of that label's rows predicted as it (its recall). "
+           if result.get("label_names") else "")
+        + "Runtime and throughput: one pass over the test split"
         + (f" on {result['device']}." if result.get("device") else "."),
     ]
     return "\n".join(lines) + "\n"
@@ -176,7 +179,7 @@ def compare_models(base: L.LightningModule, finetuned: L.LightningModule, datamo
                    run_dir: str | Path, *, before_model: str, after_model: str,
                    trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Test both models on the test split; write compare.md / compare.json to `run_dir` and print the table."""
-    from ftl.callbacks import write_json
+    from ftl.reports.callbacks import write_json
 
     run_dir = Path(run_dir)
     say = lambda msg: print(f"ftl: compare: {msg}", file=sys.stderr)  # noqa: E731
@@ -184,13 +187,15 @@ def compare_models(base: L.LightningModule, finetuned: L.LightningModule, datamo
     before = evaluate(base, datamodule, run_dir / "compare" / "before", trainer_kwargs)
     say("testing the fine-tuned model")
     after = evaluate(finetuned, datamodule, run_dir / "compare" / "after", trainer_kwargs)
-    raw = getattr(datamodule, "raw", None)
+    outputs = finetuned.test_outputs if isinstance(finetuned, TaskModule) else None
+    label_names = finetuned.label_names if isinstance(finetuned, TaskModule) else None
     result = {
         "before_model": before_model,
         "after_model": after_model,
-        "test_rows": len(raw["test"]) if raw is not None and "test" in raw else None,
+        "test_rows": len(outputs.records) if outputs is not None and outputs.records else None,
         "device": _device_name(finetuned),
-        "rows": comparison_rows(before, after, getattr(finetuned, "label_names", None)),
+        "label_names": label_names,
+        "rows": comparison_rows(before, after, label_names),
         "before": before,
         "after": after,
     }
@@ -210,8 +215,9 @@ def _device_name(module: L.LightningModule) -> str:
 def describe_base(module: L.LightningModule, seed: int | None) -> str:
     pretrained = dict(module.hparams).get("pretrained", type(module).__name__)
     seeded = f"seed {seed}" if seed is not None and seed is not False else "unseeded"
-    return (f"`{pretrained}` as `{type(module).__name__}` loads it before training "
-            f"(any new task head initialised as at the start of fine-tuning, {seeded})")
+    has_head = isinstance(module, TaskModule) and module.label_names is not None
+    head = f"its new task head initialised as at the start of fine-tuning, {seeded}" if has_head else seeded
+    return f"`{pretrained}` as `{type(module).__name__}` loads it before training ({head})"
 
 
 # ---------------------------------------------------------------------------------------------- entry points
@@ -224,56 +230,3 @@ def compare_after_fit(module: L.LightningModule, datamodule: L.LightningDataModu
     return compare_models(base, module, datamodule, run_dir, before_model=describe_base(base, seed),
                           after_model=f"`{ckpt_path}`" if ckpt_path else "the weights at the end of fit",
                           trainer_kwargs=eval_trainer_kwargs(trainer_config))
-
-
-def _split_args(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Take `--ckpt_path`/`--finetuned` (either form: `--x v` or `--x=v`) out of argv; the rest goes to the CLI."""
-    found: dict[str, str] = {}
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name, _, value = arg.partition("=")
-        if name in ("--ckpt_path", "--finetuned"):
-            if not value:
-                if i + 1 >= len(argv):
-                    raise FTLError(f"{name} needs a value: {name} <path>")
-                value = argv[i + 1]
-                i += 1
-            found[name] = value
-        else:
-            rest.append(arg)
-        i += 1
-    if len(found) != 1:
-        raise FTLError("ftl compare needs the fine-tuned model: --ckpt_path <file.ckpt> or --finetuned <hf folder> "
-                       "(one of them)")
-    return next(iter(found.values())), rest
-
-
-def main(argv: list[str]) -> None:
-    """`ftl compare --config X.yaml --ckpt_path Y [overrides]`."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return
-    path, rest = _split_args(argv)
-    if not Path(path).expanduser().exists():
-        raise FTLError(f"fine-tuned model '{path}' not found: pass a .ckpt file or an exported hf_model/ folder")
-    from ftl.cli import FTLCLI, check_config_files
-
-    check_config_files(rest)
-
-    class CompareCLI(FTLCLI):
-        run_label = "compare"
-
-    cli = CompareCLI(args=rest, run=False)
-    seed = cli.config.get("seed_everything")
-    try:
-        cli.parser.save(cli.config, str(cli.run_dir / "config.yaml"), skip_none=False, overwrite=True)
-        # LightningCLI seeded and then built cli.model: it is the "before" model (see fresh_model)
-        finetuned = finetuned_model(cli.model, path)
-        compare_models(cli.model, finetuned, cli.datamodule, cli.run_dir, before_model=describe_base(cli.model, seed),
-                       after_model=f"`{path}`", trainer_kwargs=eval_trainer_kwargs(cli.config.trainer))
-    except FTLError:
-        cli._discard_run_dir()  # bad input leaves no run directory behind, as for the other subcommands
-        raise
-    print(f"ftl: outputs in {cli.run_dir}", file=sys.stderr)
