@@ -3,7 +3,7 @@
 `benchmarks/step_cost.py` profiles dropout's random masks (`aten::bernoulli_`) at about a quarter of a
 training step on CPU, and in training with attention dropout SDPA takes its math path. This script times the
 model compute alone (forward, backward, fused AdamW; no Lightning) of the stock model and of the same model
-after `enable_fast_cpu_dropout` (ftl's default, `model.fast_cpu_dropout`). It first compares their logits
+after `enable_fast_cpu_dropout` (ftl's default on CPU, `--cpu_speedups`). It first compares their logits
 with dropout dropping nothing. Each mode runs in its own process, alternating, so machine drift hits both
 alike. Minutes to run; not run by pytest.
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile-steps", type=int, default=12)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--torch-dropout", action="store_true",
-                        help="torch's own dropout (model.fast_cpu_dropout false) instead of ftl's default")
+                        help="torch's own dropout (--cpu_speedups false) instead of ftl's default")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

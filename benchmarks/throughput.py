@@ -109,11 +109,16 @@ def run_plain_loop(cfg: dict) -> dict[str, Any]:
     dm.setup("fit")
     seed_everything(cfg["seed"])
     model = module.model.train()
-    steps = len(dm.train_dataloader()) * cfg["epochs"]
-    from ftl.models.optim import configure_adamw
+    if "--cpu_speedups false" not in (cfg.get("ftl_args") or ""):  # as ftl's CPUSpeedups callback does in fit
+        from ftl.malloc import tune_malloc
+        from ftl.models.dropout import enable_fast_cpu_dropout
 
-    opt = configure_adamw(model, learning_rate=cfg["lr"], weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
-                          scheduler="linear", warmup_steps=0, warmup_ratio=0.0, total_steps=steps)
+        tune_malloc()
+        enable_fast_cpu_dropout(model)
+    steps = len(dm.train_dataloader()) * cfg["epochs"]
+    from ftl.models.optim import OptimizerSettings, configure_adamw
+
+    opt = configure_adamw(model, OptimizerSettings(learning_rate=cfg["lr"], scheduler="linear"), steps)
     optimizer, schedule = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
     start = time.perf_counter()
     for _ in range(cfg["epochs"]):

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+pytest.register_assert_rewrite("tests.helpers")
+
+from tests.helpers import run_cli, tiny_qa_rows  # noqa: E402 - after the assert-rewrite registration
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -73,6 +77,23 @@ def tiny_binary_dir(tmp_path_factory, tiny_data_dir) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def imbalanced_dir(tmp_path_factory, tiny_data_dir) -> Path:
+    """Binary version of the tiny data: cardiovascular (about 20% of rows) against everything else."""
+    import csv
+
+    folder = tmp_path_factory.mktemp("data") / "imbalanced"
+    folder.mkdir()
+    for split in ("train", "val", "test"):
+        with open(tiny_data_dir / f"{split}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        with open(folder / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows([r["text"], int(r["label"] == "0")] for r in rows)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory, tiny_data_dir) -> Path:
     """A 2-layer, 32-wide random BERT with a WordPiece tokenizer whose vocab comes from the fixture data."""
@@ -109,38 +130,12 @@ def run_root(tmp_path) -> Path:
     return tmp_path / "runs"
 
 
-def run_cli(*args: str) -> None:
-    """Run the ftl CLI in-process (same code path as `python -m ftl`)."""
-    from ftl.commands.cli import main
-
-    main(list(args))
-
-
 @pytest.fixture
 def cli():
     return run_cli
 
 
 # ---------------------------------------------------------------- causal LM (question answering)
-_QA_CONDITIONS = ["asthma", "diabetes", "migraine", "anemia", "eczema", "gout", "psoriasis", "hypertension",
-                  "influenza", "bronchitis", "arthritis", "tonsillitis"]
-_QA_TEMPLATES = [
-    ("information", "What is {c}?", "{C} is a common condition that a doctor can diagnose."),
-    ("symptoms", "What are the symptoms of {c}?", "People with {c} often report pain, fatigue and poor sleep."),
-    ("treatment", "How is {c} treated?", "Treatment for {c} includes rest, medication and regular follow up."),
-    ("susceptibility", "Who is at risk for {c}?",
-     "Older adults and people with a family history of {c} are at higher risk."),
-]
-
-
-def tiny_qa_rows() -> list[dict[str, str]]:
-    """48 templated health question/answer pairs (12 conditions x 4 question types), deterministic."""
-    return [
-        {"question": q.format(c=c), "answer": a.format(c=c, C=c.capitalize()), "qtype": qtype}
-        for c in _QA_CONDITIONS for qtype, q, a in _QA_TEMPLATES
-    ]
-
-
 @pytest.fixture(scope="session")
 def tiny_qa_dir(tmp_path_factory) -> Path:
     """train/val/test jsonl of `tiny_qa_rows` (32/8/8 rows, no question in two splits)."""

@@ -105,25 +105,50 @@ def test_test_loss_is_token_weighted_and_perplexity_is_its_exp(dm, tiny_gpt2, tm
 
 
 # ---------------------------------------------------------------- ROUGE
-def test_rouge_matches_torchmetrics_on_known_strings():
-    from torchmetrics.functional.text.rouge import rouge_score
-
-    preds = ["My name is John", "the cat sat on the mat", "asthma narrows the airways"]
-    targets = ["Is your name John", "the cat lay on the mat", "fever is common"]
+def test_rouge_metric_matches_f_measures_computed_by_hand():
+    """ftl's ROUGE-1/2/L against counts done by hand. The tokenizer lowercases and turns every run of characters
+    other than a-z0-9 into a space (so punctuation vanishes and "500-mg" is two tokens); the F-measure is
+    2PR / (P + R); the score over several pairs is the mean of their per-pair F-measures."""
+    pairs = [
+        # pred  the patient has a fever        (5 tokens; "The" lowercased, "." dropped)
+        # ref   the patient has no fever       (5 tokens; "!" dropped)
+        # unigrams shared: the, patient, has, fever = 4   -> P = 4/5, R = 4/5, F = 4/5
+        # bigrams  pred: the patient, patient has, has a, a fever; ref: the patient, patient has, has no, no fever
+        #          shared: the patient, patient has = 2 of 4 each -> F = 1/2
+        # LCS      the patient has fever = 4   -> P = R = 4/5, F = 4/5
+        ("The patient has a fever.", "The patient has no fever!", (4 / 5, 1 / 2, 4 / 5)),
+        # pred  rest and fluids then rest again   (6 tokens; "," and "." dropped, "Rest" lowercased)
+        # ref   fluids and rest                   (3 tokens)
+        # unigrams shared (counts clipped: "rest" twice in pred, once in ref): rest, and, fluids = 3
+        #          P = 3/6, R = 3/3, F = 2 * 1/2 * 1 / (3/2) = 2/3
+        # bigrams  pred: rest and, and fluids, fluids then, then rest, rest again; ref: fluids and, and rest
+        #          shared: none -> F = 0
+        # LCS      "and rest" (or "fluids rest") = 2; no 3 (fluids comes after "and" in pred, before it in ref)
+        #          P = 2/6, R = 2/3, F = 2 * 1/3 * 2/3 / 1 = 4/9
+        ("Rest and fluids, then rest again.", "Fluids and rest.", (2 / 3, 0.0, 4 / 9)),
+        # pred  take 2 tablets 500 mg daily       (6 tokens; "(", "-", ")" become spaces)
+        # ref   take two 500 mg tablets daily     (6 tokens)
+        # unigrams shared: take, tablets, 500, mg, daily = 5   -> P = R = 5/6, F = 5/6
+        # bigrams  pred: take 2, 2 tablets, tablets 500, 500 mg, mg daily
+        #          ref:  take two, two 500, 500 mg, mg tablets, tablets daily
+        #          shared: 500 mg = 1 of 5 each -> F = 1/5
+        # LCS      take 500 mg daily = 4 (with "tablets" only take tablets daily = 3) -> P = R = 4/6, F = 2/3
+        ("Take 2 tablets (500-mg) daily", "take two 500 mg tablets daily", (5 / 6, 1 / 5, 2 / 3)),
+    ]
+    keys = ("rouge1_fmeasure", "rouge2_fmeasure", "rougeL_fmeasure")
+    for pred, target, by_hand in pairs:
+        metric = rouge_metric()
+        metric.update([pred], [target])
+        scores = metric.compute()
+        assert [scores[key].item() for key in keys] == pytest.approx(by_hand, abs=1e-6), pred
+    # all three pairs, over two updates: the mean of the per-pair F-measures
+    #   ROUGE-1 (4/5 + 2/3 + 5/6) / 3 = 23/30, ROUGE-2 (1/2 + 0 + 1/5) / 3 = 7/30,
+    #   ROUGE-L (4/5 + 4/9 + 2/3) / 3 = 86/135
     metric = rouge_metric()
-    metric.update(preds[:2], targets[:2])  # two updates: scores must average over all pairs
-    metric.update(preds[2:], targets[2:])
-    ours = metric.compute()
-    reference = rouge_score(preds, targets, rouge_keys=("rouge1", "rouge2", "rougeL"))
-    for key in ("rouge1", "rouge2", "rougeL"):
-        assert ours[f"{key}_fmeasure"].item() == pytest.approx(reference[f"{key}_fmeasure"].item(), abs=1e-6)
-    # known values: torchmetrics' documented example, and 5 of 6 unigrams / 3 of 5 bigrams shared
-    single = rouge_score("My name is John", "Is your name John", rouge_keys=("rouge1", "rouge2", "rougeL"))
-    assert single["rouge1_fmeasure"].item() == pytest.approx(0.75)
-    assert single["rougeL_fmeasure"].item() == pytest.approx(0.5)
-    expected = [(0.75 + 5 / 6 + 0) / 3, (0 + 3 / 5 + 0) / 3]
-    assert ours["rouge1_fmeasure"].item() == pytest.approx(expected[0], abs=1e-6)
-    assert ours["rouge2_fmeasure"].item() == pytest.approx(expected[1], abs=1e-6)
+    metric.update([p for p, _, _ in pairs[:2]], [t for _, t, _ in pairs[:2]])
+    metric.update([pairs[2][0]], [pairs[2][1]])
+    scores = metric.compute()
+    assert [scores[key].item() for key in keys] == pytest.approx((23 / 30, 7 / 30, 86 / 135), abs=1e-6)
 
 
 # ---------------------------------------------------------------- generation
@@ -167,7 +192,7 @@ def cli_args(command: str, model: Path, data: Path, run_dir: Path, *extra: str) 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, tiny_gpt2, tiny_qa_dir):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     root = tmp_path_factory.mktemp("qa-cli")
     run_cli(*cli_args("fit", tiny_gpt2, tiny_qa_dir, root / "fit",

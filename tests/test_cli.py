@@ -10,28 +10,66 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import fit_args
+
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFICATION_CONFIGS = ["quickstart", "depression", "cancer", "medical_abstracts", "imdb"]
 
 
-def fit_args(config: str, data_dir: Path, model: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "fit", "--config", str(ROOT / "configs" / f"{config}.yaml"),
-        "--model.pretrained", str(model),
-        "--data.class_path", "ftl.data.classification.TextClassificationDataModule",
-        "--data.data_dir", str(data_dir),
-        "--data.max_length", "64",
-        "--data.batch_size", "8",
-        "--trainer.max_epochs", "2",
-        "--trainer.enable_progress_bar", "false",
-        "--run_dir", str(run_dir),
-        *extra,
-    ]
+def read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_test_outputs_agree(run_dir: Path, test_rows: int, test_csv: Path | None = None) -> list[str]:
+    """The test/* numbers of metrics.json recomputed from the run's own test_predictions.csv and
+    confusion_matrix.csv, and those two files against each other and the test split; returns the label names."""
+    import csv
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = read_csv(run_dir / "test_predictions.csv")
+    with open(run_dir / "confusion_matrix.csv", newline="") as f:
+        header, *lines = list(csv.reader(f))
+    names = header[1:]
+    matrix = {line[0]: [int(v) for v in line[1:]] for line in lines}
+    assert list(matrix) == names  # square, rows and columns in the same (label id) order
+    # one prediction row per test row, in the split's order, each beside its own label
+    assert len(rows) == test_rows
+    if test_csv is not None:
+        split = read_csv(test_csv)
+        assert [r["text"] for r in rows] == [r["text"] for r in split]
+        assert [r["label"] for r in rows] == [names[int(r["label"])] for r in split]
+    assert {r["label"] for r in rows} | {r["predicted_label"] for r in rows} <= set(names)
+    for row in rows:  # the predicted label is the most probable one; probabilities are a distribution
+        probs = [float(row[f"prob_{name}"]) for name in names]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+        assert row["predicted_label"] == names[probs.index(max(probs))]
+    # accuracy is the share of rows predicted right; the confusion matrix counts the same rows
+    right = sum(r["label"] == r["predicted_label"] for r in rows)
+    assert metrics["test/accuracy"] == pytest.approx(right / len(rows), abs=1e-6)
+    for actual in names:
+        assert matrix[actual] == [sum(r["label"] == actual and r["predicted_label"] == p for r in rows)
+                                  for p in names], actual
+    # per class: recall = diagonal / row sum, precision = diagonal / column sum (0 when empty), f1 their mean
+    scores: dict[str, list[float]] = {"precision": [], "recall": [], "f1": []}
+    for i, name in enumerate(names):
+        tp, support, predicted = matrix[name][i], sum(matrix[name]), sum(matrix[a][i] for a in names)
+        by_hand = {"precision": tp / predicted if predicted else 0.0, "recall": tp / support if support else 0.0,
+                   "f1": 2 * tp / (support + predicted) if tp else 0.0}
+        for kind, value in by_hand.items():
+            assert metrics[f"test/{kind}/{name}"] == pytest.approx(value, abs=1e-6), (kind, name)
+            if support or predicted:  # macro averages skip labels neither present nor predicted
+                scores[kind].append(value)
+    for kind, values in scores.items():
+        assert metrics[f"test/{kind}_macro"] == pytest.approx(sum(values) / len(values), abs=1e-6), kind
+    return names
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_data_dir, tiny_bert):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     run_dir = tmp_path_factory.mktemp("cli") / "run"
     run_cli(*fit_args("depression", tiny_data_dir, tiny_bert, run_dir, "--model.learning_rate", "3e-4"))
@@ -51,9 +89,14 @@ def test_metrics_json_has_the_test_keys_with_sane_values(finished_run, tiny_data
     metrics = json.loads((finished_run / "metrics.json").read_text())
     for key in ("test/loss", "test/accuracy", "test/f1_macro"):
         assert key in metrics
-    for name in LABEL_NAMES:
-        for kind in ("precision", "recall", "f1"):
-            assert 0.0 <= metrics[f"test/{kind}/{name}"] <= 1.0
+    # every per-class and macro number, recomputed from the run's test_predictions.csv and confusion_matrix.csv
+    assert assert_test_outputs_agree(finished_run, 32, tiny_data_dir / "test.csv") == LABEL_NAMES
+    assert {f"test/{kind}/{name}" for kind in ("precision", "recall", "f1") for name in LABEL_NAMES} <= set(metrics)
+    # metrics.csv: one validation row per epoch (max_epochs 2), and val/* in metrics.json are the best epoch's
+    per_epoch = [r for r in read_csv(finished_run / "metrics.csv") if r.get("val/loss")]
+    assert [int(r["epoch"]) for r in per_epoch] == [0, 1]
+    best = max(per_epoch, key=lambda r: float(r["val/f1_macro"]))
+    assert metrics["val/f1_macro"] == pytest.approx(float(best["val/f1_macro"]))
     # the confusion matrix agrees with accuracy: diagonal / total
     rows = (finished_run / "confusion_matrix.csv").read_text().strip().splitlines()[1:]
     matrix = [[int(v) for v in row.split(",")[1:]] for row in rows]
@@ -130,9 +173,10 @@ def test_every_config_parses_and_runs_fast_dev_run(config, tmp_path, tiny_data_d
     else:
         args += ["--data.data_dir", str(data), "--data.dataset", "null"]
     cli(*args)
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert 0.0 <= metrics["test/accuracy"] <= 1.0
-    assert (tmp_path / "run" / "confusion_matrix.csv").exists()
+    # fast_dev_run trains on one batch, but the test after fit scores the whole test split
+    test_csv = None if data is None else data / "test.csv"
+    names = assert_test_outputs_agree(tmp_path / "run", 20 if data is None else len(read_csv(test_csv)), test_csv)
+    assert len(names) == (2 if data is tiny_binary_dir else 5)
 
 
 def test_validate_and_test_subcommands_from_a_checkpoint(finished_run, tmp_path, tiny_data_dir, tiny_bert, cli):

@@ -11,36 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import cli_args, spread_predictions
+
 ROOT = Path(__file__).resolve().parents[1]
 SPEED = ("test/runtime", "test/samples_per_sec", "test/steps_per_sec")
-
-
-def spread_predictions(module, datamodule, seed: int = 0) -> None:
-    """Give a tiny random classifier weights whose predictions differ from row to row (a random BERT maps every
-    text to almost the same pooled vector, so a trained-for-seconds head predicts one label for all rows):
-    let attention dominate the residual stream and sharpen the pooler, so pooled vectors depend on the text,
-    then centre and scale a random head on the test rows' pooled vectors."""
-    import torch
-
-    module.eval()
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    pooled: list[torch.Tensor] = []
-    head = module.model.classifier
-    with torch.no_grad():
-        for layer in module.model.bert.encoder.layer:
-            layer.attention.output.dense.weight.mul_(50)
-        module.model.bert.pooler.dense.weight.mul_(20)
-        hook = head.register_forward_hook(lambda mod, inputs, out: pooled.append(inputs[0]))
-        for batch in datamodule.test_dataloader():
-            module(batch)
-        hook.remove()
-        features = torch.cat(pooled)
-        mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
-        g = torch.Generator().manual_seed(seed)
-        weight = torch.randn(head.out_features, features.shape[1], generator=g) / (std * features.shape[1] ** 0.5)
-        head.weight.copy_(weight)
-        head.bias.copy_(-weight @ mean)
 
 
 def classification_metrics_numpy(path: Path, names: list[str]) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
@@ -161,23 +135,9 @@ def test_rows_follow_whatever_metrics_a_module_logs():
 
 
 # ---------------------------------------------------------------------------------------------- through the CLI
-def cli_args(data_dir: Path, model: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--config", str(ROOT / "configs" / "quickstart.yaml"),
-        "--model.pretrained", str(model),
-        "--data.class_path", "ftl.data.classification.TextClassificationDataModule",
-        "--data.data_dir", str(data_dir),
-        "--data.max_length", "64",
-        "--data.batch_size", "8",
-        "--trainer.enable_progress_bar", "false",
-        "--run_dir", str(run_dir),
-        *extra,
-    ]
-
-
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, tiny_data_dir, tiny_bert):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     run_dir = tmp_path_factory.mktemp("cli") / "fit"
     run_cli("fit", *cli_args(tiny_data_dir, tiny_bert, run_dir, "--trainer.max_epochs", "2",

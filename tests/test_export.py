@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_compare import cli_args, spread_predictions
+from tests.helpers import cli_args, spread_predictions
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, tiny_data_dir, tiny_bert):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     run_dir = tmp_path_factory.mktemp("export") / "fit"
     run_cli("fit", *cli_args(tiny_data_dir, tiny_bert, run_dir, "--trainer.max_epochs", "2",

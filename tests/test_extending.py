@@ -31,7 +31,7 @@ def write_pairs(folder: Path, seed: int = 0) -> Path:
     from ftl.data.synthetic import make_examples
 
     rng = random.Random(seed)
-    notes = make_examples(160, seed=seed, label_noise=0.0)
+    notes = make_examples(200, seed=seed, label_noise=0.0)
     folder.mkdir(parents=True)
     sizes = {"train": 48, "val": 16, "test": 24}
     start = 0
@@ -80,7 +80,8 @@ def pair_run(user_package, tiny_bert, tmp_path_factory):
               "--data.data_dir", str(data), "--data.max_length", "96", "--data.batch_size", "8",
               "--trainer.enable_progress_bar", "false"]
     run_cli("fit", *common, "--trainer.max_epochs", "1", "--run_dir", str(run_dir),
-            "--trainer.logger", "lightning.pytorch.loggers.WandbLogger", "--trainer.logger.init_args.project", "ftl-tests")
+            "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
+            "--trainer.logger.init_args.project", "ftl-tests")
     return run_dir, data, common
 
 
@@ -134,7 +135,8 @@ def test_predict_and_compare_work_for_a_task_from_the_docs(pair_run, tmp_path):
     run_cli("predict", *common, "--ckpt_path", ckpt, "--data.predict_file", str(new), "--run_dir", str(tmp_path / "p"))
     predictions = read_csv(tmp_path / "p" / "predictions.csv")
     assert [(p["text_a"], p["text_b"]) for p in predictions] == [(r["text_a"], r["text_b"]) for r in rows]
-    tested = {(r["text_a"], r["text_b"]): float(r["predicted_score"]) for r in read_csv(run_dir / "test_predictions.csv")}
+    tested = {(r["text_a"], r["text_b"]): float(r["predicted_score"])
+              for r in read_csv(run_dir / "test_predictions.csv")}
     for p in predictions:
         assert float(p["predicted_score"]) == pytest.approx(tested[(p["text_a"], p["text_b"])], abs=1e-4)
 
@@ -155,7 +157,8 @@ def test_wandb_gets_the_records_of_a_task_from_the_docs(pair_run):
     table = wandb_table(folder, "test/predictions")
     assert table["columns"] == ["text_a", "text_b", "score", "predicted_score"]
     assert [row[0] for row in table["data"]] == [r["text_a"] for r in read_csv(data / "test.csv")]
-    assert stored["summary"]["test/mse"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test/mse"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert stored["summary"]["test/mse"] == pytest.approx(metrics["test/mse"])
 
 
 def test_a_task_from_the_docs_resumes(pair_run):
@@ -254,3 +257,26 @@ def test_labels_become_a_multi_hot_matrix(tmp_path, tiny_bert):
     batch = next(iter(dm.val_dataloader()))
     assert batch["labels"].dtype.is_floating_point
     assert batch["labels"].tolist() == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+
+
+def test_multilabel_writes_records_in_data_order_and_a_per_label_confusion_matrix(multilabel_run):
+    """What multi-label had lost: test records and a confusion matrix, through the same task contract."""
+    from ftl.hub import cache_root
+
+    records = read_csv(multilabel_run / "test_predictions.csv")
+    rows = read_csv(cache_root() / "synthetic_multilabel" / "n48-24-24-seed0" / "test.csv")  # the example's data
+    assert len(records) == len(rows) == 24
+    assert [r["text"] for r in records] == [r["text"] for r in rows]
+    assert [set(filter(None, r["labels"].split("|"))) for r in records] == \
+        [set(filter(None, r["labels"].split("|"))) for r in rows]
+    for record in records:
+        probs = {name: float(record[f"prob_{name}"]) for name in LABELS}
+        assert set(filter(None, record["predicted_labels"].split("|"))) == {n for n, p in probs.items() if p >= 0.5}
+    matrix = read_csv(multilabel_run / "confusion_matrix.csv")
+    assert [r["label"] for r in matrix] == LABELS
+    for row in matrix:
+        counts = [int(row[k]) for k in ("true_negative", "false_positive", "false_negative", "true_positive")]
+        assert sum(counts) == 24
+        truth = sum(row["label"] in r["labels"].split("|") for r in records)
+        predicted = sum(row["label"] in r["predicted_labels"].split("|") for r in records)
+        assert counts[2] + counts[3] == truth and counts[1] + counts[3] == predicted

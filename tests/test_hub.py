@@ -291,7 +291,7 @@ def test_smollm2_converts_the_gguf_into_a_float32_folder_with_the_same_logits(
     fake_smollm2: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert hub._smollm2_gguf() == fake_smollm2
     folder = Path(resolve_pretrained("smollm2-135m"))
@@ -304,8 +304,14 @@ def test_smollm2_converts_the_gguf_into_a_float32_folder_with_the_same_logits(
     assert not list(folder.parent.glob(".smollm2-135m.*"))  # no temp folder left behind
 
     gguf_tok = AutoTokenizer.from_pretrained(fake_smollm2.parent, gguf_file=fake_smollm2.name)
+    try:  # as in hub._convert_gguf: transformers >= 5.17 keeps GGUF weights packed unless asked to dequantize
+        from transformers import GgufConfig
+
+        dequantize = {"quantization_config": GgufConfig(dequantize=True)}
+    except ImportError:
+        dequantize = {}
     gguf_model = AutoModelForCausalLM.from_pretrained(
-        fake_smollm2.parent, gguf_file=fake_smollm2.name, quantization_config=GgufConfig(dequantize=True)
+        fake_smollm2.parent, gguf_file=fake_smollm2.name, **dequantize
     ).eval()
     tok = load_tokenizer("smollm2-135m")
     model = load_model(AutoModelForCausalLM, "smollm2-135m").eval()

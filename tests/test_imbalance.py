@@ -12,21 +12,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def imbalanced_dir(tmp_path_factory, tiny_data_dir) -> Path:
-    """Binary version of the tiny data: cardiovascular (about 20% of rows) against everything else."""
-    folder = tmp_path_factory.mktemp("data") / "imbalanced"
-    folder.mkdir()
-    for split in ("train", "val", "test"):
-        with open(tiny_data_dir / f"{split}.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        with open(folder / f"{split}.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["text", "label"])
-            writer.writerows([r["text"], int(r["label"] == "0")] for r in rows)
-    return folder
-
-
 def train_counts(folder: Path) -> list[int]:
     with open(folder / "train.csv", newline="") as f:
         labels = [int(r["label"]) for r in csv.DictReader(f)]

@@ -15,7 +15,7 @@ TEXTS = ["patient reports chest pressure radiating to the left arm", "low mood a
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_data_dir, tiny_bert):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     run = tmp_path_factory.mktemp("lora") / "run"
     run_cli("fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.pretrained", str(tiny_bert),

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_compare import cli_args
+from tests.helpers import cli_args
 
 TRAIN_ROWS, EPOCHS, BATCH, EVAL_BATCH = 64, 2, 8, 8
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_binary_dir, tiny_bert):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     run_dir = tmp_path_factory.mktemp("summary") / "run"
     run_cli("fit", *cli_args(tiny_binary_dir, tiny_bert, run_dir, "--trainer.max_epochs", str(EPOCHS),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_imbalance import imbalanced_dir  # noqa: F401 - the fixture that needs a threshold
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,9 +45,7 @@ def test_choose_threshold_finds_the_cut_that_maximises_the_criterion():
 
 
 @pytest.fixture(scope="module")
-def tuned_run(tmp_path_factory, imbalanced_dir, tiny_bert):  # noqa: F811
-    from tests.conftest import run_cli
-
+def tuned_run(tmp_path_factory, imbalanced_dir, tiny_bert):
     run = tmp_path_factory.mktemp("threshold") / "run"
     # Two epochs of a tiny random model on 8% positives are chaotic: float-level changes (exact padding instead of
     # padding to 8 changes summation order) move which cut validation picks. The padding is pinned so the run
@@ -61,7 +59,7 @@ def tuned_run(tmp_path_factory, imbalanced_dir, tiny_bert):  # noqa: F811
     return run
 
 
-def test_tuned_threshold_beats_one_half_on_test(tuned_run, imbalanced_dir, tiny_bert):  # noqa: F811
+def test_tuned_threshold_beats_one_half_on_test(tuned_run, imbalanced_dir, tiny_bert):
     """Rare positives keep every probability under 0.5 after short training; the tuned cut recovers them."""
     from transformers import AutoTokenizer
 

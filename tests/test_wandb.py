@@ -4,77 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import struct
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.helpers import offline_run, wandb_table
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def read_wandb_run(run_file: Path) -> dict:
-    """Config, summary, history keys, files and name stored in an offline run's `.wandb` file.
-
-    wandb >= 0.20 ships no Python reader for its transaction log (the Go `wandb-core` writes it), so this reads
-    the LevelDB-style log records (32 KiB blocks; 7-byte header: crc32, length, type) and parses each record
-    with wandb's own protobuf `Record`.
-    """
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = run_file.read_bytes()
-    assert data[:4] == b":W&B"
-    block, pos, pending, records = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # block trailer too short for a header
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind == 1:  # full
-            records.append(chunk)
-        elif kind == 2:  # first
-            pending = chunk
-        elif kind == 3:  # middle
-            pending += chunk
-        elif kind == 4:  # last
-            records.append(pending + chunk)
-
-    def put(target: dict, item) -> None:
-        keys = list(item.nested_key) or [item.key]
-        for key in keys[:-1]:
-            target = target.setdefault(key, {})
-        target[keys[-1]] = json.loads(item.value_json)
-
-    out = {"config": {}, "summary": {}, "history": [], "files": [], "name": ""}
-    for raw in records:
-        record = pb.Record()
-        record.ParseFromString(raw)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            for item in record.run.config.update:
-                put(out["config"], item)
-            out["name"] = record.run.display_name or out["name"]
-        elif kind == "config":
-            for item in record.config.update:
-                put(out["config"], item)
-        elif kind == "summary":
-            for item in record.summary.update:
-                put(out["summary"], item)
-        elif kind == "history":
-            row: dict = {}
-            for item in record.history.item:
-                put(row, item)
-            out["history"].append(row)
-        elif kind == "files":
-            out["files"] += [f.path for f in record.files.files]
-    return out
-
-
-def offline_run(run_dir: Path) -> tuple[Path, dict]:
-    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1, runs
-    return runs[0], read_wandb_run(next(runs[0].glob("run-*.wandb")))
 
 
 def fit_args(run_dir: Path, data_dir: Path, model: Path, *extra: str) -> list[str]:
@@ -90,7 +27,7 @@ def fit_args(run_dir: Path, data_dir: Path, model: Path, *extra: str) -> list[st
 
 @pytest.fixture(scope="module")
 def wandb_run(tmp_path_factory, tiny_data_dir, tiny_bert):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     run_dir = tmp_path_factory.mktemp("wandb") / "run"
     run_cli(*fit_args(run_dir, tiny_data_dir, tiny_bert, "--model.learning_rate", "3e-4"))
@@ -141,18 +78,12 @@ def test_offline_run_summary_holds_the_metrics_of_metrics_json(wandb_run):
     assert sum("train/loss_step" in row for row in stored["history"]) >= 4  # 8 steps, logged every 2
 
 
-def _table(folder: Path, key: str) -> dict:
-    files = sorted((folder / "files" / "media" / "table").glob(f"{key}_*.table.json"))
-    assert len(files) == 1, files
-    return json.loads(files[0].read_text())
-
-
 def test_offline_run_has_test_tables_and_confusion_matrix(wandb_run, tiny_data_dir):
     from ftl.data.synthetic import LABEL_NAMES
 
     run_dir, folder, _ = wandb_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    predictions = _table(folder, "test/predictions")
+    predictions = wandb_table(folder, "test/predictions")
     assert predictions["columns"] == ["text", "label", "prediction", "probability", "correct"]
     with open(tiny_data_dir / "test.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -162,7 +93,7 @@ def test_offline_run_has_test_tables_and_confusion_matrix(wandb_run, tiny_data_d
     accuracy = sum(r[4] for r in predictions["data"]) / len(rows)
     assert accuracy == pytest.approx(metrics["test/accuracy"])
 
-    per_class = _table(folder, "test/per_class")
+    per_class = wandb_table(folder, "test/per_class")
     assert per_class["columns"] == ["label", "precision", "recall", "f1", "support"]
     assert [r[0] for r in per_class["data"]] == LABEL_NAMES
     for name, precision, recall, f1, support in per_class["data"]:
@@ -171,7 +102,7 @@ def test_offline_run_has_test_tables_and_confusion_matrix(wandb_run, tiny_data_d
         assert recall == pytest.approx(metrics[f"test/recall/{name}"])
         assert support == sum(r["label_name"] == name for r in rows)
 
-    matrix = _table(folder, "test/confusion_matrix_table")
+    matrix = wandb_table(folder, "test/confusion_matrix_table")
     counts = {(actual, predicted): n for actual, predicted, n in matrix["data"]}
     assert sum(counts.values()) == len(rows)
     assert sum(n for (a, p), n in counts.items() if a == p) / len(rows) == pytest.approx(accuracy)
@@ -276,7 +207,7 @@ def test_run_files_are_sent_at_the_end(tmp_path, monkeypatch):
     assert (folder / "files" / "compare.md").read_text() == "| metric | before | after |\n"
     assert stored["summary"]["test/loss"] == 0.5 and stored["summary"]["val/loss"] == 0.4
     assert any(row.get("plots/loss", {}).get("_type") == "image-file" for row in stored["history"])
-    table = _table(folder, "generations")
+    table = wandb_table(folder, "generations")
     assert table["columns"] == ["question", "reference", "generated"]
     assert table["data"] == [[a["question"], a["reference"], a["generated"]] for a in answers]
     assert not list((folder / "files" / "media" / "table").glob("predictions_*"))

@@ -18,7 +18,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
@@ -35,6 +34,7 @@ from ftl.reports.callbacks import (
     RunSummary,
     Throughput,
 )
+from ftl.reports.checkpoint import RunCheckpoint
 from ftl.reports.loggers import WandbReport, finish_wandb, log_config, prepare_wandb_env, start_wandb, wandb_loggers
 from ftl.speedups import CPUSpeedups
 
@@ -86,7 +86,7 @@ class FTLCLI(LightningCLI):
         parser.add_argument("--compare_after_fit", type=bool, default=False,
                             help="After fit, compare the model before fine-tuning with the best checkpoint on the "
                             "test split (compare.md, compare.json).")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -149,6 +149,8 @@ class FTLCLI(LightningCLI):
                     continue
                 if values.get("step", 0) <= step and values.get("epoch", 0) <= epoch:  # not the interrupted epoch
                     values["step"] = int(values.get("step", 0))
+                    if "epoch" in values:
+                        values["epoch"] = int(values["epoch"])
                     rows.append(values)
         return rows
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ftl.commands.cli import FTLCLI
-from ftl.commands.parsing import check_config_files
+from ftl.commands.parsing import check_config_files, prog_name
 from ftl.errors import FTLError
 from ftl.reports.compare import compare_models, describe_base, eval_trainer_kwargs, finetuned_model
 
@@ -45,7 +45,7 @@ class CompareCLI(FTLCLI):
 def main(argv: list[str]) -> None:
     """`ftl compare --config X.yaml --ckpt_path Y [overrides]`."""
     check_config_files(argv)
-    cli = CompareCLI(args=argv, run=False)
+    cli = CompareCLI(args=argv, run=False, parser_kwargs={"prog": prog_name("compare")})
     seed = cli.config.get("seed_everything")
     path = cli.config.ckpt_path or cli.config.finetuned
     try:

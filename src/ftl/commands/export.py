@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ftl.commands.parsing import function_command
+from ftl.commands.parsing import function_command, prog_name
 
 
 def export(ckpt_path: str, out: str, run_config: str | None = None) -> Path:
@@ -26,4 +26,4 @@ def export(ckpt_path: str, out: str, run_config: str | None = None) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    function_command("ftl export", export, argv)
+    function_command(prog_name("export"), export, argv)

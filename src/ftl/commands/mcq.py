@@ -200,6 +200,6 @@ def run(
 
 def main(argv: list[str]) -> None:
     """`ftl mcq ...` (registered in ftl.commands.cli.EXTRA_COMMANDS)."""
-    from ftl.commands.parsing import function_command
+    from ftl.commands.parsing import function_command, prog_name
 
-    function_command("ftl mcq", run, argv)
+    function_command(prog_name("mcq"), run, argv)

@@ -92,6 +92,11 @@ def find_user_error(err: BaseException | None) -> FTLError | None:
     return None
 
 
+def prog_name(command: str) -> str:
+    """`ftl <command>` as the user typed it: `ftl ...` (console script) or `python -m ftl ...`."""
+    return f"{'ftl' if Path(sys.argv[0]).name == 'ftl' else 'python -m ftl'} {command}"
+
+
 def function_parser(prog: str, function: Callable[..., Any], positional: bool = False,
                     skip: set[str] | None = None) -> CommandParser:
     """A parser for `function`'s typed parameters (`Args:` docstring as help) plus `--config FILE.yaml`."""

@@ -388,10 +388,10 @@ def sweep(sweep_file: str, count: int | None = None, method: Literal["grid", "ra
 
 def main(argv: list[str]) -> None:
     """`ftl sweep SWEEP.yaml --count N [--method M] [--sweep_seed S] [--sweep_dir D] [overrides...]`."""
-    from ftl.commands.parsing import check_config_files, function_parser, split_passthrough
+    from ftl.commands.parsing import check_config_files, function_parser, prog_name, split_passthrough
 
     check_config_files(argv)
-    parser = function_parser("ftl sweep", sweep, positional=True, skip={"overrides"})
+    parser = function_parser(prog_name("sweep"), sweep, positional=True, skip={"overrides"})
     own, overrides = split_passthrough(parser, argv)
     config = parser.parse_args(own).as_dict()
     config["overrides"] = overrides
