@@ -256,3 +256,15 @@ def test_max_length_above_the_models_positions_is_one_line_error(cli, tiny_gpt2,
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("ftl: error: data.max_length=512 is above the model's limit of 128")
+
+
+def test_compare_of_a_causal_lm_speaks_of_its_metrics_not_of_labels_or_heads(fitted, cli, tiny_gpt2, tiny_qa_dir):
+    out = fitted / "compare"
+    cli(*cli_args("compare", tiny_gpt2, tiny_qa_dir, out, "--model.test_generation_samples", "0",
+                  "--ckpt_path", str(fitted / "fit" / "checkpoints" / "last.ckpt")))
+    text = (out / "compare.md").read_text()
+    assert "Accuracy on" not in text and "task head" not in text
+    assert "| Perplexity |" in text or "| perplexity |" in text.lower()
+    result = json.loads((out / "compare.json").read_text())
+    assert result["after"]["test/loss"] < result["before"]["test/loss"]
+    assert result["test_rows"] is None or result["test_rows"] == 8

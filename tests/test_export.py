@@ -144,3 +144,23 @@ def test_export_command_finds_the_run_config_and_refuses_bad_input(fitted, tmp_p
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "new").exists()
+
+
+def test_the_exported_tokenizer_cuts_long_inputs_where_training_did(fitted, tiny_data_dir, tiny_bert, tmp_path, cli):
+    """hf_model's tokenizer carries the run's max_length (64 here, the base tokenizer says 512): a pipeline with
+    truncation=True then scores a long note exactly as `ftl predict` does, which cuts it at 64 tokens."""
+    from transformers import AutoTokenizer, pipeline
+
+    tokenizer = AutoTokenizer.from_pretrained(fitted / "hf_model")
+    assert tokenizer.model_max_length == 64 and AutoTokenizer.from_pretrained(tiny_bert).model_max_length == 512
+    _, texts = texts_file(tiny_data_dir, tmp_path, n=3)
+    long = " ".join(texts * 4)
+    assert 64 < len(tokenizer(long)["input_ids"]) < 512
+    inputs = tmp_path / "long.txt"
+    inputs.write_text(long + "\n")
+    best = next((fitted / "checkpoints").glob("best-*.ckpt"))
+    row = ftl_predictions(cli, tiny_data_dir, tiny_bert, tmp_path / "predict", best, inputs)[0]
+    scores = pipeline("text-classification", model=str(fitted / "hf_model"), device="cpu", truncation=True,
+                      top_k=None)([long])[0]
+    for score in scores:
+        assert score["score"] == pytest.approx(float(row[f"prob_{score['label']}"]), abs=1e-5)

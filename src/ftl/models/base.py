@@ -43,8 +43,8 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in batch.items() if key not in NOT_MODEL_INPUTS}
 
 
-def accepted_arguments(cls: type) -> set[str] | None:
-    """Names the `__init__` of `cls` and its bases take by name (None if one takes **kwargs it keeps itself).
+def accepted_arguments(cls: type) -> set[str]:
+    """Names the `__init__` of a `TaskModule` subclass and its bases up to `TaskModule` take by name.
 
     LightningCLI records every linked value (`num_labels`, `label_counts`...) in a module's hparams, also those
     its `__init__` does not take; kept, they would be passed back to `__init__` by `load_from_checkpoint` and
@@ -53,14 +53,13 @@ def accepted_arguments(cls: type) -> set[str] | None:
     names: set[str] = set()
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
-        if init is None or klass in (L.LightningModule, nn.Module, object):
-            continue
-        for name, param in inspect.signature(init).parameters.items():
-            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) and name != "self":
-                names.add(name)
+        if init is not None:
+            for name, param in inspect.signature(init).parameters.items():
+                if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) and name != "self":
+                    names.add(name)
         if klass is TaskModule:
-            return names
-    return None if not names else names
+            break
+    return names
 
 
 class TaskModule(L.LightningModule):
@@ -125,7 +124,7 @@ class TaskModule(L.LightningModule):
         """hparams hold exactly the init arguments, as plain values (checkpoints load with weights_only=True)."""
         accepted = accepted_arguments(type(self))
         for key in list(self.hparams):
-            if accepted is not None and key not in accepted and not key.startswith("_"):
+            if key not in accepted and not key.startswith("_"):
                 del self.hparams[key]
         if "lora" in self.hparams:
             self.hparams["lora"] = as_hparam(self.hparams["lora"])

@@ -39,8 +39,9 @@ def init_args(module: L.LightningModule) -> dict[str, Any]:
     import inspect
 
     args = {key: value for key, value in dict(module.hparams).items() if not key.startswith("_")}
-    accepted = accepted_arguments(type(module)) if isinstance(module, TaskModule) else None
-    if accepted is None:
+    if isinstance(module, TaskModule):
+        accepted = accepted_arguments(type(module))
+    else:
         params = inspect.signature(type(module).__init__).parameters.values()
         if any(p.kind is p.VAR_KEYWORD for p in params):
             return args
@@ -179,7 +180,7 @@ def compare_models(base: L.LightningModule, finetuned: L.LightningModule, datamo
                    run_dir: str | Path, *, before_model: str, after_model: str,
                    trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Test both models on the test split; write compare.md / compare.json to `run_dir` and print the table."""
-    from ftl.reports.callbacks import write_json
+    from ftl.reports.callbacks import write_json, write_text_atomic
 
     run_dir = Path(run_dir)
     say = lambda msg: print(f"ftl: compare: {msg}", file=sys.stderr)  # noqa: E731
@@ -201,7 +202,7 @@ def compare_models(base: L.LightningModule, finetuned: L.LightningModule, datamo
     }
     write_json(run_dir / "compare.json", result)
     text = render_markdown(result)
-    (run_dir / "compare.md").write_text(text, encoding="utf-8")
+    write_text_atomic(run_dir / "compare.md", text)
     print(text)
     say(f"wrote {run_dir / 'compare.md'} and compare.json")
     return result
