@@ -12,17 +12,28 @@ LightningDataModule plugs in without touching this file. The CLI adds only what 
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from ftl.commands.parsing import FTLArgumentParser, check_config_files, find_user_error
-from ftl.commands.rundir import RunDirectory, clear_derived, given_run_dir, new_run_dir, newest_resumable
+from ftl.commands.rundir import (
+    RunDirectory,
+    clear_derived,
+    current_run_dir,
+    given_run_dir,
+    new_run_dir,
+    newest_resumable,
+    newest_with_last,
+)
 from ftl.data.text import TextDataModule
 from ftl.errors import FTLError
 from ftl.reports.callbacks import (
@@ -63,7 +74,8 @@ class FTLCLI(LightningCLI):
             save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"callbacks": [RunOutputs(), PredictionWriter(), WandbReport(), Throughput(), RunSummary(),
-                                            Plots(), HFExport(), ResumeRandomState(), self._speedups]},
+                                            Plots(), HFExport(), ResumeRandomState(), self._speedups,
+                                            SecondInterruptExits()]},
             auto_configure_optimizers=False,
             args=args,
             run=run,
@@ -190,25 +202,33 @@ class FTLCLI(LightningCLI):
         config.checkpoint.monitor = None
 
     def _resume_last(self, config) -> Path | None:
-        """`--ckpt_path last` without `--run_dir`: the newest run of this config that saved a last.ckpt.
-
-        `fit` continues in that run's own directory (Lightning finds last.ckpt in its checkpoints/); other
-        subcommands evaluate that checkpoint and write their outputs to a new directory as usual.
+        """`--ckpt_path last` without `--run_dir`: `fit` continues the newest run of this config whose training
+        was interrupted, in that run's own directory (Lightning finds last.ckpt in its checkpoints/), never a
+        finished one; other subcommands evaluate the newest last.ckpt and write to a new directory as usual.
         """
         if config.get("ckpt_path") != "last" or config.run_dir or config.checkpoint.dirpath:
             return None
         root, name = config.runs_root, config.run_name or self._config_name(config)
+        base = Path(root).expanduser() / name
+        if self.subcommand != "fit":  # evaluate the newest last.ckpt, finished or not
+            found = newest_with_last(root, name)
+            if found is None:
+                raise FTLError(f"--ckpt_path last: no run under '{base}' has checkpoints/last.ckpt: train one first, "
+                               "or pass a checkpoint file")
+            config.ckpt_path = str(found / "checkpoints" / "last.ckpt")
+            return None
         found = newest_resumable(root, name)
         if found is None:
+            finished = newest_with_last(root, name)
+            if finished is not None:
+                raise FTLError(f"--ckpt_path last: no interrupted run under '{base}' to resume (the newest, "
+                               f"'{finished}', finished): start a new run without --ckpt_path, or train that one "
+                               f"further with --run_dir {finished} --ckpt_path last --trainer.max_epochs <more>")
             raise FTLError(
-                f"--ckpt_path last: no run under '{Path(root).expanduser() / name}' has checkpoints/last.ckpt: "
+                f"--ckpt_path last: no run under '{base}' has checkpoints/last.ckpt: "
                 "train one first, or pass --run_dir of the run to resume (or a checkpoint file)"
             )
-        last = found / "checkpoints" / "last.ckpt"
-        if self.subcommand != "fit":
-            config.ckpt_path = str(last)
-            return None
-        print(f"ftl: resuming {last}", file=sys.stderr)
+        print(f"ftl: resuming the interrupted run {found} from {found / 'checkpoints' / 'last.ckpt'}", file=sys.stderr)
         return found
 
     def _make_run_dir(self, config) -> Path:
@@ -390,9 +410,27 @@ class RunConfig(SaveConfigCallback):
         log_config(trainer, config, run_name=f"{run_dir.parent.name}/{run_dir.name}")
 
 
+class _DropLines(logging.Filter):
+    """Drops log records holding one of `parts` (ftl says the same in its own line)."""
+
+    def __init__(self, *parts: str) -> None:
+        super().__init__()
+        self.parts = parts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(part in record.getMessage() for part in self.parts)
+
+
+# Lightning's Ctrl-C line: ftl's own interrupt line (`_interrupted`) says what was saved and how to go on.
+_LIGHTNING_NOISE = _DropLines("Detected KeyboardInterrupt, attempting graceful shutdown")
+
+
 def _configure_environment() -> None:
     """Quiet, offline-safe defaults that a user's environment can still override."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _LIGHTNING_NOISE not in lightning_log.filters:
+        lightning_log.addFilter(_LIGHTNING_NOISE)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`isinstance.treespec, LeafSpec.` is deprecated.*")
     # main() hands LightningCLI the argv it was given (sys.argv[1:] minus an extra command's name): not a mistake
@@ -408,10 +446,44 @@ EXTRA_COMMANDS: dict[str, str] = {
 }
 
 
+class SecondInterruptExits(Callback):
+    """After a first Ctrl-C, Lightning shuts down gracefully and ignores SIGINT; a second one then exits at once."""
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
+
+def _interrupted() -> None:
+    """Ctrl-C: one line saying what was kept and how to go on, exit status 130, no empty run directory."""
+    run = current_run_dir()
+    last = run.path / "checkpoints" / "last.ckpt" if run is not None else None
+    if run is not None:
+        run.discard()  # only a folder this command made that holds no checkpoint
+    if last is not None and last.is_file():
+        print(f"ftl: interrupted; {last} holds the last saved state: run the same command with --ckpt_path last "
+              "to continue", file=sys.stderr)
+    else:
+        print("ftl: interrupted before anything was saved" + (" (its run directory was removed)" if run else ""),
+              file=sys.stderr)
+    raise SystemExit(130)
+
+
 def main(args: Any = None) -> None:
     """Entry point of `ftl` and `python -m ftl`; user errors print one line and exit with status 2."""
     _configure_environment()
     argv = list(sys.argv[1:] if args is None else args)
+    try:
+        _run(argv)
+    except KeyboardInterrupt:
+        _interrupted()
+    except SystemExit as stop:
+        if isinstance(stop.__context__, KeyboardInterrupt):  # Lightning's graceful shutdown ends in sys.exit(1)
+            _interrupted()
+        raise
+
+
+def _run(argv: list[str]) -> None:
     try:
         if argv and argv[0] in EXTRA_COMMANDS:
             import importlib

@@ -5,7 +5,8 @@
   resumes it;
 - `RunDirectory.discard()`: a command that failed on bad input leaves nothing behind (a folder it made and
   that holds no checkpoint), and never touches any other run;
-- `newest_resumable(root, name)`: the run `--ckpt_path last` continues.
+- `newest_resumable(root, name)`: the run `fit --ckpt_path last` continues: the newest whose training did not
+  finish (a finished run holds `fit_finished.json`, written by the reports at the end of fit).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ftl.errors import FTLError
+from ftl.reports.callbacks import FINISHED
 
 
 @dataclass
@@ -26,10 +28,22 @@ class RunDirectory:
     path: Path
     created: bool
 
+    def __post_init__(self) -> None:
+        global _current
+        _current = self
+
     def discard(self) -> None:
         """Remove the folder if this process made it and it holds no checkpoint (bad input: nothing to keep)."""
         if self.created and self.path.is_dir() and not any(self.path.glob("checkpoints/*.ckpt")):
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+_current: RunDirectory | None = None  # the run directory of this process's command, for interrupts
+
+
+def current_run_dir() -> RunDirectory | None:
+    """The run directory the running command uses (None before it has one)."""
+    return _current
 
 
 def _make(path: Path, option: str) -> bool:
@@ -65,15 +79,22 @@ def given_run_dir(path: str | Path, *, fit: bool, resuming: bool) -> RunDirector
     return RunDirectory(folder, _make(folder, "--run_dir"))
 
 
-def newest_resumable(root: str | Path, name: str) -> Path | None:
-    """The newest run under `<root>/<name>` that saved a `checkpoints/last.ckpt`."""
-    found = [p for p in (Path(root).expanduser() / name).glob("*/checkpoints/last.ckpt") if p.is_file()]
+def newest_with_last(root: str | Path, name: str, unfinished: bool = False) -> Path | None:
+    """The newest run under `<root>/<name>` that saved a `checkpoints/last.ckpt` (only among those whose fit did
+    not finish, with `unfinished`)."""
+    found = [p for p in (Path(root).expanduser() / name).glob("*/checkpoints/last.ckpt") if p.is_file()
+             and not (unfinished and (p.parent.parent / FINISHED).is_file())]
     return max(found, key=lambda p: p.stat().st_mtime).parent.parent if found else None
+
+
+def newest_resumable(root: str | Path, name: str) -> Path | None:
+    """The run `fit --ckpt_path last` continues: the newest one that was interrupted."""
+    return newest_with_last(root, name, unfinished=True)
 
 
 # Files a run's reports derive from its checkpoints. A resumed fit changes what they describe, so it removes
 # them first (each is written again as the run goes on): none then cites a deleted checkpoint or an old model.
-DERIVED = ("metrics.json", "summary.md", "compare.md", "compare.json", "compare", "test_predictions.csv",
+DERIVED = (FINISHED, "metrics.json", "summary.md", "compare.md", "compare.json", "compare", "test_predictions.csv",
            "generations.jsonl", "confusion_matrix.csv", "plots", "hf_model")
 
 

@@ -62,6 +62,10 @@ def write_rows(path: Path, rows: list[dict[str, Any]], fmt: str) -> Path:
     return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+# Written when a fit ends without interruption; `--ckpt_path last` continues only runs without it.
+FINISHED = "fit_finished.json"
+
+
 def task_outputs(pl_module: L.LightningModule) -> TaskOutputs | None:
     """The task contract of the test that just ended (None for modules that are not ftl tasks)."""
     return pl_module.test_outputs if isinstance(pl_module, TaskModule) else None
@@ -156,6 +160,9 @@ class RunOutputs(L.Callback):
         if self._best_val:
             self._save_metrics(trainer, "val/", self._best_val)
         self._save_metrics(trainer, "train/")  # final train loss and throughput (Throughput)
+        if trainer.is_global_zero and not trainer.interrupted:
+            write_json(self._run_dir(trainer) / FINISHED, {"epoch": trainer.current_epoch,
+                                                           "global_step": trainer.global_step})
 
 
 class ResumeRandomState(L.Callback):
