@@ -134,3 +134,22 @@ def test_test_predictions_match_the_confusion_matrix(run, tiny_binary_dir):
     for i in range(2):
         for j in range(2):
             assert matrix[i][j] == sum(r["label"] == str(i) and r["predicted_label"] == str(j) for r in rows)
+
+
+def test_summary_names_the_code_and_the_exact_data_files(run, tiny_binary_dir):
+    import hashlib
+    import subprocess
+
+    text = (run / "summary.md").read_text()
+    for split in ("train", "val", "test"):
+        path = tiny_binary_dir / f"{split}.csv"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert f"`{path}` ({path.stat().st_size:,} bytes, sha256 `{digest[:16]}`)" in text
+    code = next(line for line in text.splitlines() if line.startswith("- **Code**: ftl "))
+    head = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    if head.returncode == 0:  # run from a git checkout, as in CI
+        assert f"commit `{head.stdout.strip()[:12]}`" in code
+        dirty = subprocess.run(["git", "-C", str(Path(__file__).parent), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        assert ("uncommitted changes" in code) == bool(dirty)

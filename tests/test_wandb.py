@@ -51,6 +51,9 @@ def test_offline_run_config_is_the_full_resolved_config_nested_once(wandb_run, t
         init_args.pop(key)
     assert config.pop("run_dir") == str(run_dir)
     saved.pop("run_dir")
+    record = config.pop("ftl_run")  # what ran: ftl's version and commit, each data file's sha256
+    assert record["code"]["ftl"] and {item["path"] for item in record["data_files"]} == \
+        {str(tiny_data_dir / f"{split}.csv") for split in ("train", "val", "test")}
     assert config == saved
     assert init_args["learning_rate"] == pytest.approx(3e-4)
     assert config["data"]["init_args"]["data_dir"] == str(tiny_data_dir)

@@ -405,8 +405,11 @@ class RunConfig(SaveConfigCallback):
         for key, value in dict(getattr(pl_module, "hparams_initial", {})).items():
             if not key.startswith("_") and key not in init_args:
                 init_args[key] = list(value) if isinstance(value, tuple) else value
+        from ftl.reports.summary import run_record
+
         run_dir = Path(trainer.default_root_dir)
         config["run_dir"] = str(run_dir)
+        config["ftl_run"] = run_record(trainer.datamodule)  # code version and commit, data file fingerprints
         log_config(trainer, config, run_name=f"{run_dir.parent.name}/{run_dir.name}")
 
 

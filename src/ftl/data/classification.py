@@ -7,11 +7,10 @@ The per-dataset classes below hold defaults only (source, label names); all logi
 from __future__ import annotations
 
 import hashlib
-import sys
 from array import array
 from typing import Any
 
-from ftl.data.text import TextDataModule, column, column_error
+from ftl.data.text import TextDataModule, check_text_column, column, column_error
 from ftl.errors import FTLError
 
 
@@ -88,10 +87,7 @@ class TextClassificationDataModule(TextDataModule):
                 if name not in ds.column_names:
                     raise column_error(kind, name, split, ds.column_names, option)
         for split, ds in raw.items():
-            empty = sum(1 for text in column(ds, self.text_column) if text is None or not str(text).strip())
-            if empty:  # kept (dropping test rows would change the metrics' denominator), but worth knowing
-                print(f"ftl: warning: {empty} of {len(ds)} rows in the {split} split have an empty "
-                      f"'{self.text_column}'", file=sys.stderr)
+            check_text_column(ds, self.text_column, split, "--data.text_column")
         if self._label_names is None:
             self._label_names = self._infer_label_names(raw)
         names = self._label_names

@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ftl.data.text import TextDataModule, column, column_error
+from ftl.data.text import TextDataModule, check_text_column, column, column_error
 from ftl.errors import FTLError
 from ftl.hub import cache_root
 
@@ -73,6 +73,7 @@ class MultiLabelDataModule(TextDataModule):
                                        ("label", self.label_column, "data.label_column")):
                 if name not in ds.column_names:
                     raise column_error(kind, name, split, ds.column_names, option)
+            check_text_column(ds, self.text_column, split, "--data.text_column")
         parsed = {split: [self._split_labels(v) for v in column(ds, self.label_column)] for split, ds in raw.items()}
         if self._label_names is None:
             self._label_names = sorted({label for rows in parsed.values() for labels in rows for label in labels})

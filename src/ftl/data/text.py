@@ -60,6 +60,55 @@ def _has_rows(path: Path) -> bool:
         return first is not None
 
 
+def check_text_column(ds: Any, name: str, split: str, option: str) -> None:
+    """A text column empty in every row of a split is an error (nothing to learn or test from); a few empty rows
+    stay in (dropping test rows would change the metrics' denominator) with a warning that counts them."""
+    import sys
+
+    empty = sum(1 for text in column(ds, name) if text is None or not str(text).strip())
+    if empty and empty == len(ds):
+        raise FTLError(f"column '{name}' is empty in every row of the {split} split: set {option} to the column "
+                       f"that holds the text (columns: {', '.join(ds.column_names)})")
+    if empty:
+        print(f"ftl: warning: {empty} of {len(ds)} rows in the {split} split have an empty '{name}'", file=sys.stderr)
+
+
+def file_problem(path: Path) -> str | None:
+    """Where a CSV/TSV/JSONL file is malformed ("line 11: ..."), or None: for a one-line error that names the
+    place and the fix, instead of the parser's message wrapped by `datasets`."""
+    import csv
+    import json
+
+    suffix = path.suffix.lower()
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        if suffix in (".jsonl", ".json"):
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except ValueError as err:
+                        return f"line {number} is not one JSON object ({err.msg}): write one object per line"
+            return None
+        if suffix not in (".csv", ".tsv"):
+            return None
+        reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",", strict=True)
+        width, start = None, 1
+        try:
+            for row in reader:
+                if width is None:
+                    width = len(row)
+                elif row and len(row) != width:
+                    return (f"line {start} has {len(row)} fields, the header has {width}: quote fields that hold "
+                            "the delimiter, or fix the row")
+                start = reader.line_num + 1
+        except csv.Error as err:
+            if "end of data" in str(err) or "EOF" in str(err):
+                return (f"line {start}: a quoted field opened there is never closed: close the quote (a quote "
+                        "inside a field is written twice, \"\")")
+            return f"line {reader.line_num}: {err}: fix the row"
+    return None
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A cheap, content-based id of a tokenizer: its full JSON spec for fast tokenizers."""
     from datasets.fingerprint import Hasher
@@ -301,9 +350,16 @@ class TextDataModule(L.LightningDataModule):
             data_files = {k: [str(Path(p).expanduser()) for p in v] for k, v in files.items()}
             try:
                 loaded = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache, **options)
-            except Exception as err:  # pyarrow/pandas parse errors are long; keep the first line
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise FTLError(f"could not read data files {list(files.values())}: {first}") from err
+            except Exception as err:  # pyarrow/pandas parse errors come wrapped and long: find the place
+                for path in (Path(p).expanduser() for paths in files.values() for p in paths):
+                    if (problem := file_problem(path)) is not None:
+                        raise FTLError(f"data file '{path}' is malformed: {problem}") from None
+                root = err
+                while root.__cause__ is not None or root.__context__ is not None:
+                    root = root.__cause__ or root.__context__
+                first = (str(root).strip().splitlines() or [type(root).__name__])[0][:300]
+                raise FTLError(f"could not read data files {list(files.values())} ({first}): check that each is a "
+                               "valid CSV/TSV/JSONL/Parquet file") from err
         else:
             # `datasets` >= 4 runs no loading scripts, so there is no remote code to trust here.
             try:
@@ -507,6 +563,18 @@ class TextDataModule(L.LightningDataModule):
         if split == "predict":
             return bool(self.predict_file) or "test" in self.raw
         return split in self.raw
+
+    def source_files(self) -> list[Path]:
+        """The local files the data is read from (none for a hub dataset), for run records."""
+        if self.data_dir and not self.data_files and (Path(self.data_dir).expanduser() / "dataset_dict.json").is_file():
+            return sorted(p for p in Path(self.data_dir).expanduser().rglob("*") if p.is_file())
+        files = self.data_files or (find_split_files(self.data_dir) if self.data_dir else {})
+        if isinstance(files, str):
+            files = {"train": files}
+        paths = [p for value in files.values() for p in ([value] if isinstance(value, str) else value)]
+        if self.predict_file:
+            paths.append(self.predict_file)
+        return [Path(p).expanduser() for p in paths]
 
     def split_sizes(self) -> dict[str, int]:
         """Rows per split, for summaries."""

@@ -31,6 +31,48 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def code_version() -> dict[str, Any]:
+    """ftl's version and, when it runs from a git checkout, the commit and whether the tree had uncommitted
+    changes: what a result was produced by."""
+    import subprocess
+
+    info: dict[str, Any] = {"ftl": library_versions().get("ftl", "unknown")}
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode == 0:
+            status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10)
+            info["commit"] = commit.stdout.strip()
+            info["uncommitted_changes"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):  # no git: the version alone
+        pass
+    return info
+
+
+def file_fingerprints(paths: list[Path]) -> list[dict[str, Any]]:
+    """sha256 and size of each data file, so a result names the exact data it came from."""
+    import hashlib
+
+    out = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        out.append({"path": str(path), "sha256": digest.hexdigest(), "bytes": path.stat().st_size})
+    return out
+
+
+def run_record(datamodule: Any) -> dict[str, Any]:
+    """The code and the data files a run used (summary.md and the W&B config)."""
+    files = datamodule.source_files() if isinstance(datamodule, TextDataModule) else []
+    return {"code": code_version(), "data_files": file_fingerprints(files)}
+
+
 def device_description(trainer: L.Trainer) -> str:
     """E.g. 'cuda:0 (NVIDIA A100), 1 device(s), precision 16-mixed' or 'cpu (x86_64, 2 threads), ...'."""
     import torch
@@ -88,6 +130,7 @@ def collect(trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str,
         "started": started.astimezone().isoformat(timespec="seconds") if started else None,
         "device": device_description(trainer),
         "versions": library_versions(),
+        **run_record(datamodule),
         "model_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
         "pretrained": hparams.get("pretrained"),
         "trainable_params": trainable,
@@ -116,7 +159,17 @@ def render(info: dict[str, Any]) -> str:
     out += [f"- **Date**: {info['date']}" + (f" (run started {info['started']})" if info.get("started") else ""),
             f"- **Run directory**: `{info['run_dir']}`",
             f"- **Device**: {info['device']}",
-            "- **Libraries**: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), ""]
+            "- **Libraries**: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())]
+    code = info.get("code") or {}
+    if code:
+        line = f"- **Code**: ftl {code.get('ftl')}"
+        if code.get("commit"):
+            line += f", commit `{code['commit'][:12]}`"
+            line += " **with uncommitted changes**" if code.get("uncommitted_changes") else " (clean tree)"
+        out.append(line)
+    for item in info.get("data_files") or []:
+        out.append(f"- **Data file**: `{item['path']}` ({item['bytes']:,} bytes, sha256 `{item['sha256'][:16]}`)")
+    out.append("")
 
     out += ["## Model", "", f"- **Module**: `{info['model_class']}`"]
     if info.get("pretrained"):
