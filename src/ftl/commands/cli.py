@@ -47,6 +47,7 @@ from ftl.reports.callbacks import (
 )
 from ftl.reports.checkpoint import RunCheckpoint
 from ftl.reports.loggers import WandbReport, finish_wandb, log_config, prepare_wandb_env, start_wandb, wandb_loggers
+from ftl.reports.progress import ProgressLines
 from ftl.speedups import CPUSpeedups
 
 _CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
@@ -63,6 +64,7 @@ class FTLCLI(LightningCLI):
         self.run_dir: Path | None = None
         self._run_directory: RunDirectory | None = None
         self._speedups = CPUSpeedups()  # switched by --cpu_speedups before the trainer exists
+        self._progress_lines = ProgressLines()  # switched on when output is not a terminal (_progress_for)
         import_builtin_classes()
         kwargs.setdefault("parser_class", FTLArgumentParser)
         super().__init__(
@@ -75,7 +77,7 @@ class FTLCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"callbacks": [RunOutputs(), PredictionWriter(), WandbReport(), Throughput(), RunSummary(),
                                             Plots(), HFExport(), ResumeRandomState(), self._speedups,
-                                            SecondInterruptExits()]},
+                                            SecondInterruptExits(), self._progress_lines]},
             auto_configure_optimizers=False,
             args=args,
             run=run,
@@ -90,6 +92,9 @@ class FTLCLI(LightningCLI):
                             help="Name of the run family (default: the config file's name).")
         parser.add_argument("--runs_root", type=str, default="runs",
                             help="Where run directories are made (`--trainer.default_root_dir` sets the same).")
+        parser.add_argument("--progress_every", type=float, default=30.0,
+                            help="When output is not a terminal (a log file, nohup, a cluster job): a plain progress "
+                            "line every this many seconds instead of the progress bar.")
         parser.add_argument("--cpu_speedups", type=bool, default=True,
                             help="On CPU: 16-bit dropout masks and glibc malloc thresholds (ftl.speedups); they change "
                             "the random stream relative to torch's dropout. false: torch's dropout and malloc.")
@@ -130,6 +135,7 @@ class FTLCLI(LightningCLI):
         self.save_config_kwargs["restore"] = {"trainer.default_root_dir": user_root,
                                               "checkpoint.dirpath": user_ckpt_dir, "run_dir": None}
         self._speedups.enabled = bool(config.get("cpu_speedups", True))
+        self._progress_for(config)
         config.trainer.logger = self._loggers_in(config.trainer.logger, self.run_dir)
         self._adjust_callbacks(config.trainer)
         self._without_validation(config)
@@ -176,6 +182,16 @@ class FTLCLI(LightningCLI):
         for logger in self.trainer.loggers:
             if isinstance(logger, CSVLogger) and Path(logger.log_dir).resolve() == self.run_dir.resolve():
                 logger.experiment.metrics[:0] = rows  # written out with the resumed run's first rows
+
+    def _progress_for(self, config: Any) -> None:
+        """On a terminal, Lightning's rich bar (elapsed and remaining time); otherwise plain lines (ProgressLines)
+        every --progress_every seconds, since a bar writes nothing readable to a file until the run ends."""
+        if sys.stderr.isatty():
+            return
+        self._progress_lines.every_s = float(config.get("progress_every", 30.0))
+        self._progress_lines.enabled = True
+        if config.trainer.get("enable_progress_bar") is None:
+            config.trainer.enable_progress_bar = False
 
     def _adjust_callbacks(self, trainer: Any) -> None:
         """No LearningRateMonitor from a task config when `--trainer.logger false` leaves it nowhere to log.
