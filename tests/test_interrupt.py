@@ -68,6 +68,8 @@ def test_ctrl_c_in_training_says_what_was_saved_and_a_finished_run_is_never_resu
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ftl: interrupted; ") and "last.ckpt" in last_line and "--ckpt_path last" in last_line
     assert "Traceback" not in result.stderr and "Detected KeyboardInterrupt" not in result.stderr
+    # known-harmless library lines are filtered (ftl.commands.quiet): an ad, and the fresh head's LOAD REPORT
+    assert "litlogger" not in result.stderr and "LOAD REPORT" not in result.stderr
     (interrupted,) = [run for run in (tmp_path / "task").iterdir() if run != finished]
     assert (interrupted / "checkpoints" / "last.ckpt").is_file() and not (interrupted / "fit_finished.json").exists()
 
@@ -80,3 +82,18 @@ def test_ctrl_c_in_training_says_what_was_saved_and_a_finished_run_is_never_resu
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and err[-1].startswith("ftl: error: --ckpt_path last: no interrupted run")
     assert {p: p.stat().st_mtime_ns for p in finished.rglob("*")} == before  # the finished run was never touched
+
+
+def test_a_load_report_naming_more_than_the_task_head_still_shows():
+    import logging
+
+    from ftl.commands.quiet import _HeadOnlyLoadReport
+
+    def report(*keys: str) -> logging.LogRecord:
+        table = "\n".join(f"{key} | MISSING | " for key in keys)
+        message = f"BertForSequenceClassification LOAD REPORT from: x\nKey | Status | \n---+---+-\n{table}\n"
+        return logging.LogRecord("transformers.modeling_utils", logging.WARNING, "", 0, message, None, None)
+
+    keep = _HeadOnlyLoadReport().filter
+    assert not keep(report("classifier.weight", "classifier.bias"))  # a fresh head: expected when fine-tuning
+    assert keep(report("classifier.weight", "bert.encoder.layer.0.attention.self.query.weight"))  # a real problem

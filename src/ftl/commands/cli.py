@@ -12,11 +12,9 @@ LightningDataModule plugs in without touching this file. The CLI adds only what 
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from ftl.commands.parsing import FTLArgumentParser, check_config_files, find_user_error
+from ftl.commands.quiet import quiet_library_noise
 from ftl.commands.rundir import (
     RunDirectory,
     clear_derived,
@@ -429,31 +428,10 @@ class RunConfig(SaveConfigCallback):
         log_config(trainer, config, run_name=f"{run_dir.parent.name}/{run_dir.name}")
 
 
-class _DropLines(logging.Filter):
-    """Drops log records holding one of `parts` (ftl says the same in its own line)."""
-
-    def __init__(self, *parts: str) -> None:
-        super().__init__()
-        self.parts = parts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(part in record.getMessage() for part in self.parts)
-
-
-# Lightning's Ctrl-C line: ftl's own interrupt line (`_interrupted`) says what was saved and how to go on.
-_LIGHTNING_NOISE = _DropLines("Detected KeyboardInterrupt, attempting graceful shutdown")
-
-
 def _configure_environment() -> None:
     """Quiet, offline-safe defaults that a user's environment can still override."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if _LIGHTNING_NOISE not in lightning_log.filters:
-        lightning_log.addFilter(_LIGHTNING_NOISE)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*`isinstance.treespec, LeafSpec.` is deprecated.*")
-    # main() hands LightningCLI the argv it was given (sys.argv[1:] minus an extra command's name): not a mistake
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    quiet_library_noise()  # known-harmless lines, each with its reason: ftl.commands.quiet
 
 
 # Subcommands beyond Lightning's fit/validate/test/predict: "module:function" taking the remaining argv.
