@@ -69,7 +69,6 @@ def test_a_resumed_run_rewrites_what_its_reports_derive_from_the_checkpoints(tmp
     run_cli("fit", *args(tiny_data_dir, tiny_bert, "--run_dir", str(run), "--compare_after_fit", "true"))
     first = (run / "compare.md").read_text()
     assert "best-epoch0-step4.ckpt" in first
-    last_inode = (run / "checkpoints" / "last.ckpt").stat().st_ino
     run_cli("fit", *args(tiny_data_dir, tiny_bert, "--run_dir", str(run), "--ckpt_path", "last",
                          "--trainer.max_epochs", "2", "--test_after_fit", "false"))
     assert not (run / "compare.md").exists() and not (run / "compare").exists()  # it described the old model
@@ -80,7 +79,32 @@ def test_a_resumed_run_rewrites_what_its_reports_derive_from_the_checkpoints(tmp
     assert state["global_step"] == 8  # the last state: both epochs' steps
     kept = list((run / "checkpoints").glob("best-*.ckpt"))
     assert len(kept) == 1  # the earlier best is still there when the resumed epoch was not better, else replaced
-    # the old last.ckpt was replaced, never written through: the epoch-0 best is intact if it is still the best
-    if kept[0].name == "best-epoch0-step4.ckpt":
-        assert kept[0].stat().st_ino == last_inode
-        assert __import__("torch").load(kept[0], weights_only=True, map_location="cpu")["global_step"] == 4
+    best = __import__("torch").load(kept[0], weights_only=True, map_location="cpu")
+    last = run / "checkpoints" / "last.ckpt"
+    if kept[0].name == "best-epoch0-step4.ckpt":  # the resumed epoch was not better
+        # the old last.ckpt was replaced, never written through; its best keeps the weights and drops what only
+        # resuming needs: the weights twice plus one optimizer state on disk
+        assert best["global_step"] == 4 and kept[0].stat().st_ino != last.stat().st_ino
+        assert "optimizer_states" not in best and "optimizer_states" in state
+        assert kept[0].stat().st_size < 0.6 * last.stat().st_size
+    else:  # the resumed epoch was better: best and last are one file
+        assert kept[0].stat().st_ino == last.stat().st_ino and best["global_step"] == 8
+
+
+def test_last_ckpt_is_the_last_state_even_when_later_epochs_are_not_better(tmp_path, tiny_data_dir, tiny_bert):
+    """Lightning 2.6 saves last.ckpt only together with a new best; with learning rate 0 no epoch after the first
+    is better, and last.ckpt must still hold the final epoch while best keeps the first (weights only)."""
+    import torch
+
+    from tests.helpers import run_cli
+
+    run = tmp_path / "run"
+    run_cli("fit", *args(tiny_data_dir, tiny_bert, "--run_dir", str(run), "--trainer.max_epochs", "3",
+                         "--model.learning_rate", "0", "--test_after_fit", "false",
+                         "--checkpoint.monitor", "val/loss", "--checkpoint.mode", "min"))
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 12 and "optimizer_states" in last  # 3 epochs x 4 steps, resumable
+    (best_file,) = (run / "checkpoints").glob("best-*.ckpt")
+    assert best_file.name == "best-epoch0-step4.ckpt"
+    best = torch.load(best_file, map_location="cpu", weights_only=True)
+    assert best["global_step"] == 4 and "optimizer_states" not in best and "state_dict" in best
