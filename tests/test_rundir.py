@@ -108,3 +108,17 @@ def test_last_ckpt_is_the_last_state_even_when_later_epochs_are_not_better(tmp_p
     assert best_file.name == "best-epoch0-step4.ckpt"
     best = torch.load(best_file, map_location="cpu", weights_only=True)
     assert best["global_step"] == 4 and "optimizer_states" not in best and "state_dict" in best
+
+
+def test_a_runs_root_that_cannot_be_made_is_one_line_naming_it(tmp_path, tiny_data_dir, tiny_bert, capsys):
+    """(Tests run as root here, so a read-only folder would not stop them: a file in the way does.)"""
+    from tests.helpers import run_cli
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as stop:
+        run_cli("fit", *args(tiny_data_dir, tiny_bert, "--runs_root", str(blocker / "runs")))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"ftl: error: cannot create the run directory '{blocker / 'runs'}")
+    assert "pass a writable --runs_root" in err[0]
