@@ -60,16 +60,14 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     return write_splits(tmp_path_factory.mktemp("data") / "tiny", n_train=64, n_val=32, n_test=32, seed=0)
 
 
-@pytest.fixture(scope="session")
-def tiny_binary_dir(tmp_path_factory, tiny_data_dir) -> Path:
-    """The same texts with binary int labels (label % 2) and no label_name column."""
+def _relabelled(source: Path, folder: Path, label) -> Path:
+    """`source`'s train/val/test.csv with `label(row)` as the only label column (text, label)."""
     import csv
 
-    folder = tmp_path_factory.mktemp("data") / "binary"
     folder.mkdir()
     for split in ("train", "val", "test"):
-        with open(tiny_data_dir / f"{split}.csv", newline="") as f:
-            rows = [{"text": r["text"], "label": int(r["label"]) % 2} for r in csv.DictReader(f)]
+        with open(source / f"{split}.csv", newline="") as f:
+            rows = [{"text": r["text"], "label": label(r)} for r in csv.DictReader(f)]
         with open(folder / f"{split}.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["text", "label"])
             writer.writeheader()
@@ -77,21 +75,17 @@ def tiny_binary_dir(tmp_path_factory, tiny_data_dir) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_binary_dir(tmp_path_factory, tiny_data_dir) -> Path:
+    """The same texts with binary int labels (label % 2) and no label_name column."""
+    return _relabelled(tiny_data_dir, tmp_path_factory.mktemp("data") / "binary", lambda r: int(r["label"]) % 2)
+
+
 @pytest.fixture(scope="module")
 def imbalanced_dir(tmp_path_factory, tiny_data_dir) -> Path:
     """Binary version of the tiny data: cardiovascular (about 20% of rows) against everything else."""
-    import csv
-
-    folder = tmp_path_factory.mktemp("data") / "imbalanced"
-    folder.mkdir()
-    for split in ("train", "val", "test"):
-        with open(tiny_data_dir / f"{split}.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        with open(folder / f"{split}.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["text", "label"])
-            writer.writerows([r["text"], int(r["label"] == "0")] for r in rows)
-    return folder
+    return _relabelled(tiny_data_dir, tmp_path_factory.mktemp("data") / "imbalanced",
+                       lambda r: int(r["label"] == "0"))
 
 
 @pytest.fixture(scope="session")

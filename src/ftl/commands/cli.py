@@ -417,7 +417,7 @@ class RunConfig(SaveConfigCallback):
         config = yaml.safe_load(self.parser.dump(self._as_given(), skip_none=False))
         # values linked in from the data (num_labels, label_names) are what the model received: add them
         init_args = (config.get("model") or {}).setdefault("init_args", {})
-        for key, value in dict(getattr(pl_module, "hparams_initial", {})).items():
+        for key, value in dict(pl_module.hparams_initial).items():
             if not key.startswith("_") and key not in init_args:
                 init_args[key] = list(value) if isinstance(value, tuple) else value
         from ftl.reports.summary import run_record

@@ -50,6 +50,19 @@ def flatten_metrics(stage: str, values: dict[str, torch.Tensor], label_names: li
     return out
 
 
+def head_kwargs(label_names: list[str], classifier_dropout: float | None) -> dict[str, Any]:
+    """`from_pretrained` arguments for a classification head over these labels (names saved in config.json)."""
+    extra = {} if classifier_dropout is None else {"classifier_dropout": classifier_dropout}
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+        # a checkpoint fine-tuned on another label set gets a fresh head instead of an error
+        "ignore_mismatched_sizes": True,
+        **extra,
+    }
+
+
 def balanced_weights(counts: list[int]) -> list[float]:
     """`n_rows / (n_labels * rows_of_label)` per label (scikit-learn's "balanced"): every label then carries the
     same total weight in the loss. A label with no training rows gets 0 (it never occurs in the loss anyway)."""
@@ -144,18 +157,7 @@ class SequenceClassifier(TaskModule):
         self.test_confusion = MulticlassConfusionMatrix(num_labels)
 
     def model_kwargs(self) -> dict[str, Any]:
-        names = self.label_names
-        extra: dict[str, Any] = {}
-        if self.hparams.classifier_dropout is not None:
-            extra["classifier_dropout"] = self.hparams.classifier_dropout
-        return {
-            "num_labels": self.hparams.num_labels,
-            "id2label": dict(enumerate(names)),
-            "label2id": {name: i for i, name in enumerate(names)},
-            # a checkpoint fine-tuned on another label set gets a fresh head instead of an error
-            "ignore_mismatched_sizes": True,
-            **extra,
-        }
+        return head_kwargs(self.label_names, self.hparams.classifier_dropout)
 
     def _class_weight_tensor(self) -> torch.Tensor | None:
         hp = self.hparams

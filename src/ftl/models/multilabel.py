@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ftl.models.base import STAGES, TaskModule
-from ftl.models.classifier import flatten_metrics
+from ftl.models.classifier import flatten_metrics, head_kwargs
 from ftl.models.outputs import ConfusionMatrix, Record, TaskOutputs
 
 
@@ -83,18 +83,9 @@ class MultiLabelClassifier(TaskModule):
         self.test_confusion = MultilabelConfusionMatrix(num_labels, threshold=threshold)
 
     def model_kwargs(self) -> dict[str, Any]:
-        names = self.label_names
-        extra: dict[str, Any] = {}
-        if self.hparams.classifier_dropout is not None:
-            extra["classifier_dropout"] = self.hparams.classifier_dropout
-        return {
-            "num_labels": self.hparams.num_labels,
-            "problem_type": "multi_label_classification",  # saved in config.json: pipelines then apply sigmoid
-            "id2label": dict(enumerate(names)),
-            "label2id": {name: i for i, name in enumerate(names)},
-            "ignore_mismatched_sizes": True,
-            **extra,
-        }
+        # problem_type is saved in config.json: pipelines then apply a sigmoid per label
+        return {**head_kwargs(self.label_names, self.hparams.classifier_dropout),
+                "problem_type": "multi_label_classification"}
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch).float()

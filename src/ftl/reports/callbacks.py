@@ -220,7 +220,7 @@ class PredictionWriter(BasePredictionWriter):
         print(f"ftl: wrote {len(records)} predictions to {path}")
 
 
-def _batch_size(batch: Any) -> int:
+def batch_rows(batch: Any) -> int:
     """Rows in a batch: the first dimension of its first tensor (ftl batches are dicts of tensors)."""
     # transformers' collators return BatchEncoding, a Mapping that is not a dict
     values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else [batch]
@@ -252,7 +252,7 @@ class Throughput(L.Callback):
 
     def _count(self, stage: str, batch: Any) -> None:
         if stage in self._start:
-            self._samples[stage] += _batch_size(batch)
+            self._samples[stage] += batch_rows(batch)
             self._steps[stage] += 1
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, steps: int | None = None) -> None:

@@ -209,8 +209,7 @@ def compare_models(base: L.LightningModule, finetuned: L.LightningModule, datamo
 
 
 def _device_name(module: L.LightningModule) -> str:
-    device = getattr(module, "device", None)
-    return str(device) if device is not None else ""
+    return str(module.device)
 
 
 def describe_base(module: L.LightningModule, seed: int | None) -> str:

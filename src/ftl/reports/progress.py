@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
-from typing import Any
 
 import lightning as L
 import torch
+
+from ftl.reports.callbacks import batch_rows
 
 
 def _clock(seconds: float) -> str:
     seconds = int(max(0, seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
-def _rows(batch: Any) -> int:
-    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else [batch]
-    return next((int(v.shape[0]) for v in values if isinstance(v, torch.Tensor) and v.ndim > 0), 0)
 
 
 class ProgressLines(L.Callback):
@@ -63,7 +58,7 @@ class ProgressLines(L.Callback):
         return "ftl: " + ", ".join(parts)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._samples += _rows(batch)
+        self._samples += batch_rows(batch)
         now = time.perf_counter()
         if self.enabled and trainer.is_global_zero and now - self._last >= self.every_s:
             self._last = now
