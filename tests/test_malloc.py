@@ -44,3 +44,13 @@ def test_tuned_process_reuses_freed_memory_instead_of_faulting_it_in():
 def test_opt_out_by_environment():
     applied, _ = _probe("tune", FTL_MALLOC_TUNING="0")
     assert not applied
+
+
+def test_malloc_is_tuned_before_data_and_model_only_for_runs_on_cpu():
+    import torch
+
+    from ftl.speedups import runs_on_cpu
+
+    assert runs_on_cpu("cpu") and not runs_on_cpu("cuda") and not runs_on_cpu("mps") and not runs_on_cpu("gpu")
+    on_cpu_here = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    assert runs_on_cpu("auto") == runs_on_cpu(None) == on_cpu_here

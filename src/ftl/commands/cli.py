@@ -134,6 +134,7 @@ class FTLCLI(LightningCLI):
         self.save_config_kwargs["restore"] = {"trainer.default_root_dir": user_root,
                                               "checkpoint.dirpath": user_ckpt_dir, "run_dir": None}
         self._speedups.enabled = bool(config.get("cpu_speedups", True))
+        self._speedups.prepare(config.trainer.get("accelerator"))  # malloc, before data and model allocate
         self._progress_for(config)
         config.trainer.logger = self._loggers_in(config.trainer.logger, self.run_dir)
         self._adjust_callbacks(config.trainer)
