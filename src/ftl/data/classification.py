@@ -73,9 +73,6 @@ class TextClassificationDataModule(TextDataModule):
     def stratify_column(self) -> str | None:
         return "labels"
 
-    def tokenization_settings(self) -> dict[str, Any]:
-        return {"text_column": self.text_column}
-
     def _prepare_raw(self, raw):
         import datasets
 

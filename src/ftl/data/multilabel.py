@@ -52,9 +52,6 @@ class MultiLabelDataModule(TextDataModule):
     def required_columns(self) -> list[str]:
         return [self.text_column, self.label_column]
 
-    def tokenization_settings(self) -> dict[str, Any]:
-        return {"text_column": self.text_column}
-
     def _split_labels(self, value: Any) -> list[str]:
         if value is None:
             return []

@@ -153,12 +153,8 @@ class QADataModule(TextDataModule):
         return self.question_column
 
     def tokenization_settings(self) -> dict[str, Any]:
-        return {
-            "question_column": self.question_column,
-            "answer_column": self.answer_column,
-            "prompt_template": self.prompt_template,
-            "add_eos": self.add_eos,
-        }
+        # (the columns are in the cache key already: required_columns)
+        return {"prompt_template": self.prompt_template, "add_eos": self.add_eos}
 
     def _prepare_raw(self, raw):
         """Check columns (falling back to a case-insensitive match: hub copies use `Question`/`Answer`)
