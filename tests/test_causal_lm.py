@@ -223,12 +223,21 @@ def test_generations_hold_every_test_question_in_order_and_give_the_logged_rouge
     test = [json.loads(line) for line in (tiny_qa_dir / "test.jsonl").read_text().splitlines()]
     assert [r["question"] for r in rows] == [t["question"] for t in test]
     assert [r["reference"] for r in rows] == [t["answer"] for t in test]
-    assert all(set(r) == {"question", "reference", "generated"} for r in rows)
+    # per question: its answer's token-weighted loss and its tokens, and its ROUGE scores (for the intervals)
+    assert all(set(r) == {"question", "reference", "generated", "loss", "loss_weight", "rouge1", "rouge2", "rougeL"}
+               for r in rows)
     metrics = json.loads((fitted / "fit" / "metrics.json").read_text())
     scores = rouge_score([r["generated"] for r in rows], [r["reference"] for r in rows],
                          rouge_keys=("rouge1", "rouge2", "rougeL"))
     for key in ("rouge1", "rouge2", "rougeL"):
         assert metrics[f"test/{key}"] == pytest.approx(scores[f"{key}_fmeasure"].item(), abs=1e-6)
+        assert metrics[f"test/{key}"] == pytest.approx(sum(r[key] for r in rows) / len(rows), abs=1e-6)
+    tokens = sum(r["loss_weight"] for r in rows)
+    assert metrics["test/loss"] == pytest.approx(sum(r["loss"] * r["loss_weight"] for r in rows) / tokens, rel=1e-5)
+    for key in ("loss", "perplexity", "rouge1", "rouge2", "rougeL"):
+        assert metrics[f"test/{key}_ci_low"] <= metrics[f"test/{key}"] * (1 + 1e-6) + 1e-9
+        assert metrics[f"test/{key}"] <= metrics[f"test/{key}_ci_high"] * (1 + 1e-6) + 1e-9
+    assert metrics["test/perplexity_ci_low"] == pytest.approx(math.exp(metrics["test/loss_ci_low"]))
 
 
 def test_fine_tuning_lowers_test_loss_against_the_base_model(fitted, cli, tiny_gpt2, tiny_qa_dir):

@@ -44,12 +44,12 @@ def classification_metrics_numpy(path: Path, names: list[str]) -> tuple[dict[str
 
 
 def markdown_rows(path: Path) -> dict[str, list[str]]:
-    """Metric name -> its cells, from the table in compare.md."""
+    """Metric name -> its Before, After and Change numbers (without their intervals), from the table in compare.md."""
     rows = {}
     for line in path.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and len(cells) == 4 and cells[0] != "Metric":
-            rows[cells[0]] = cells[1:]
+        if line.startswith("| ") and len(cells) in (4, 6) and cells[0] != "Metric":
+            rows[cells[0]] = [c.split(" [")[0] for c in cells[1:4]]
     return rows
 
 
@@ -188,3 +188,78 @@ def test_compare_errors_are_one_line(fitted, tiny_data_dir, tiny_binary_dir, tin
         assert err[-1].startswith("ftl: error: ") and message in err[-1], err[-1]
         assert not (tmp_path / f"e{i}").exists()  # bad input leaves no run directory behind
     assert not re.search(r"Traceback", capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def test_fit_writes_intervals_calibration_and_a_paired_table(fitted):
+    metrics = json.loads((fitted / "metrics.json").read_text())
+    keys = ["test/accuracy", "test/f1_macro", "test/loss", "test/ece", "test/brier", "test/precision_macro"]
+    for key in keys + [k for k in metrics if k.startswith("test/f1/") and "_ci_" not in k]:
+        assert metrics[f"{key}_ci_low"] <= metrics[key] + 1e-9 and metrics[key] <= metrics[f"{key}_ci_high"] + 1e-9
+    assert metrics["test/accuracy_ci_high"] > metrics["test/accuracy_ci_low"]  # 32 rows: a wide interval
+    assert not any(k.startswith("test/runtime_ci") for k in metrics)
+    # the per-row losses in the records average to the logged loss (no class weights)
+    with open(fitted / "test_predictions.csv", newline="") as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    assert np.mean(losses) == pytest.approx(metrics["test/loss"], abs=1e-5)
+    summary = (fitted / "summary.md").read_text()
+    low, high = metrics["test/accuracy_ci_low"], metrics["test/accuracy_ci_high"]
+    assert f"| Accuracy | {metrics['test/accuracy']:.4f} [{low:.4f}, {high:.4f}] |" in summary
+    assert "| ECE (15 bins) |" in summary and "| Brier score |" in summary
+    assert (fitted / "plots" / "reliability.png").stat().st_size > 5000
+    # compare after fit: the fit's own test is the "after" side, not tested a second time
+    assert not (fitted / "compare" / "after").exists() and (fitted / "compare" / "before" / "test_rows.json").is_file()
+    rows = {r["metric"]: r for r in json.loads((fitted / "compare.json").read_text())["rows"]}
+    assert rows["test/accuracy"]["test"] == "mcnemar" and rows["test/f1_macro"]["test"] == "permutation"
+    for key in ("test/accuracy", "test/loss", "test/ece", "test/brier"):
+        row = rows[key]
+        assert row["change_ci_low"] <= row["change"] + 1e-9 and row["change"] <= row["change_ci_high"] + 1e-9
+        assert 0 < row["p_value"] <= row["p_holm"] <= 1 and row["verdict"] in ("better", "worse", "no_difference")
+    for key in SPEED:
+        assert rows[key]["p_value"] is None and rows[key]["verdict"] is None
+    assert "McNemar" in (fitted / "compare.md").read_text() and "Holm" in (fitted / "compare.md").read_text()
+
+
+def test_compare_runs_repeats_the_paired_table_from_run_directories(fitted, tmp_path, cli, capsys):
+    cli("compare", "--runs", str(fitted / "compare" / "before"), str(fitted), "--out", str(tmp_path / "ab"))
+    assert "| Metric | Run | Baseline |" in capsys.readouterr().out
+    by_runs = {r["metric"]: r for r in json.loads((tmp_path / "ab" / "compare.json").read_text())["rows"]}
+    after_fit = {r["metric"]: r for r in json.loads((fitted / "compare.json").read_text())["rows"]}
+    for key, row in after_fit.items():
+        if key in SPEED:
+            continue
+        # the same rows, resamples and seed: the same change, interval, p-values and verdict as compare after fit
+        for field in ("change", "change_ci_low", "change_ci_high", "p_value", "verdict"):
+            assert by_runs[key][field] == pytest.approx(row[field], abs=1e-9), (key, field)
+
+    cli("compare", "--runs", str(fitted), str(fitted), "--out", str(tmp_path / "self"))
+    for row in json.loads((tmp_path / "self" / "compare.json").read_text())["rows"]:
+        if row["metric"] not in SPEED:
+            assert (row["change"], row["change_ci_low"], row["change_ci_high"]) == (0.0, 0.0, 0.0), row["metric"]
+            assert row["p_value"] == 1.0 and row["verdict"] == "no_difference"
+
+
+def test_compare_runs_refuses_runs_tested_on_other_rows(fitted, tmp_path, cli, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.json").write_text((fitted / "metrics.json").read_text())
+    rows = json.loads((fitted / "test_rows.json").read_text())
+    rows["keys"][3] = "0" * 16  # one test row with another text: not the same split
+    (other / "test_rows.json").write_text(json.dumps(rows))
+    for extra, message in (([str(other)], "differ in 1 of 32 test rows"),
+                           ([str(tmp_path / "missing")], "not found"),
+                           ([str(tmp_path)], "has no test_rows.json")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli("compare", "--runs", str(fitted), *extra, "--out", str(tmp_path / "out"))
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("ftl: error: ") and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ci_resamples_zero_turns_intervals_off(fitted, tiny_data_dir, tiny_bert, tmp_path, cli):
+    cli("test", *cli_args(tiny_data_dir, tiny_bert, tmp_path / "t"), "--ci_resamples", "0",
+        "--ckpt_path", str(fitted / "checkpoints" / "last.ckpt"))
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert "test/accuracy" in metrics and not any(k.endswith(("_ci_low", "_ci_high")) for k in metrics)
+    assert (tmp_path / "t" / "test_rows.json").is_file()

@@ -87,10 +87,14 @@ def test_summary_has_every_section_with_the_runs_numbers(run, tiny_bert):
         assert float(row[3]) == pytest.approx(float(logged["val/loss"]), abs=6e-5)
         assert float(row[4]) == pytest.approx(float(logged["val/accuracy"]), abs=6e-5)
 
-    tests = {row[0]: float(row[1]) for row in table(text, "| Metric | Value |")}
+    tests = {row[0]: row[1] for row in table(text, "| Metric | Value |")}
     for name, key in (("Accuracy", "test/accuracy"), ("F1 (macro)", "test/f1_macro"), ("Eval loss", "test/loss"),
-                      ("Recall (1)", "test/recall/1")):
-        assert tests[name] == pytest.approx(metrics[key], abs=6e-5)
+                      ("Recall (1)", "test/recall/1"), ("ECE (15 bins)", "test/ece"), ("Brier score", "test/brier")):
+        # value [95% interval]
+        value, low, high = (float(x) for x in re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", tests[name]).groups())
+        assert value == pytest.approx(metrics[key], abs=6e-5)
+        assert (low, high) == pytest.approx((metrics[key + "_ci_low"], metrics[key + "_ci_high"]), abs=6e-5)
+        assert low <= value <= high
 
 
 def test_throughput_counts_every_sample_and_step(run):

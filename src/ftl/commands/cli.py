@@ -45,6 +45,7 @@ from ftl.reports.callbacks import (
     Throughput,
 )
 from ftl.reports.checkpoint import RunCheckpoint
+from ftl.reports.intervals import CISettings
 from ftl.reports.loggers import WandbReport, finish_wandb, log_config, prepare_wandb_env, start_wandb, wandb_loggers
 from ftl.reports.progress import ProgressLines
 from ftl.speedups import CPUSpeedups
@@ -102,6 +103,12 @@ class FTLCLI(LightningCLI):
         parser.add_argument("--compare_after_fit", type=bool, default=False,
                             help="After fit, compare the model before fine-tuning with the best checkpoint on the "
                             "test split (compare.md, compare.json).")
+        parser.add_argument("--ci_resamples", type=int, default=1000,
+                            help="Bootstrap resamples of the test rows for the 95% interval beside every test metric "
+                            "(metrics.json `<key>_ci_low`/`_ci_high`, summary.md) and the paired tests of `compare`; "
+                            "0 turns the intervals off.")
+        parser.add_lightning_class_args(CISettings, "statistics")  # the trainer callback that carries it
+        parser.link_arguments("ci_resamples", "statistics.resamples")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -355,8 +362,9 @@ class FTLCLI(LightningCLI):
         if config.compare_after_fit and self.trainer.world_size == 1:  # (multi-process: run `ftl compare` after)
             from ftl.reports.compare import compare_after_fit  # (imported when used: it loads torchmetrics plots)
 
+            # the test just run is the "after" side (not tested twice); only the base model is tested anew
             compare_after_fit(self.model, self.datamodule, self.run_dir, best or None, config.seed_everything,
-                              config.trainer)
+                              config.trainer, resamples=config.ci_resamples, tested=bool(config.test_after_fit))
 
 
 def _callback_name(callback: Any) -> str:

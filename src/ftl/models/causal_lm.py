@@ -36,6 +36,23 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return total, (shift_labels != IGNORE_INDEX).sum()
 
 
+def token_loss_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_loss_sum` per row: (sum of each row's answer-token cross-entropies, its scored tokens)."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    losses = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                             ignore_index=IGNORE_INDEX, reduction="none").view(shift_labels.shape)
+    return losses.sum(-1), (shift_labels != IGNORE_INDEX).sum(-1)
+
+
+def rouge_per_row(predictions: list[str], references: list[str]) -> list[dict[str, float]]:
+    """Each row's ROUGE-1/2/L F-measure; torchmetrics' `ROUGEScore` of a split is their mean."""
+    from torchmetrics.functional.text.rouge import rouge_score
+
+    return [{key: float(value) for key, value in rouge_score(pred, ref, rouge_keys=ROUGE_KEYS).items()
+             if key.endswith("_fmeasure")} for pred, ref in zip(predictions, references, strict=True)]
+
+
 def rouge_metric():
     """ROUGE-1/2/L F-measures. No stemmer and no ROUGE-Lsum: both need nltk (Lsum also downloads punkt
     data), which ftl does not depend on."""
@@ -140,17 +157,30 @@ class CausalLM(TaskModule):
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
-        total, count = token_loss_sum(self(batch), batch["labels"])
+        if stage == "test":  # per row too: each question's loss is in its record (intervals, paired tests)
+            row_sums, row_counts = token_loss_rows(self(batch), batch["labels"])
+            total, count = row_sums.sum(), row_counts.sum()
+        else:
+            total, count = token_loss_sum(self(batch), batch["labels"])
         if count > 0:
             getattr(self, f"{stage}_loss").update(total / count, weight=count)
         limit = self.hparams.val_generation_samples if stage == "val" else self.hparams.test_generation_samples
         room = len(batch["input_ids"]) if limit is None else max(0, limit - self._generated)
-        if room == 0 or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking or (room == 0 and stage != "test"):
             return
-        records = self._generate_records(batch, batch_idx, stage, room)
-        self._generated += len(records)
-        getattr(self, f"{stage}_rouge").update([r.prediction for r in records], [r.reference for r in records])
+        records = self._generate_records(batch, batch_idx, stage, room, every_row=stage == "test")
+        generated = [r for r in records if r.prediction is not None]
+        self._generated += len(generated)
+        if generated:
+            getattr(self, f"{stage}_rouge").update([r.prediction for r in generated],
+                                                    [r.reference for r in generated])
         if stage == "test":
+            for record, scores in zip(generated, rouge_per_row([r.prediction for r in generated],
+                                                               [r.reference for r in generated]), strict=True):
+                record.metrics.update({key.removesuffix("_fmeasure"): value for key, value in scores.items()})
+            for record, row_sum, row_count in zip(records, row_sums.tolist(), row_counts.tolist(), strict=True):
+                if row_count > 0:
+                    record.metrics["loss"], record.weights["loss"] = row_sum / row_count, float(row_count)
             self._records += records
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -182,16 +212,23 @@ class CausalLM(TaskModule):
         new_tokens = out[:, input_ids.shape[1]:]
         return [text.strip() for text in tok.batch_decode(new_tokens, skip_special_tokens=True)]
 
-    def _generate_records(self, batch: dict[str, torch.Tensor], batch_idx: int, split: str, n: int) -> list[Record]:
+    def _generate_records(self, batch: dict[str, torch.Tensor], batch_idx: int, split: str, n: int,
+                          every_row: bool = False) -> list[Record]:
         """Generate for the first `n` rows of the batch: records with question and full reference (from the data
-        module, or read back from the tokens without one)."""
+        module, or read back from the tokens without one); with `every_row`, the other rows' records follow,
+        without a generated answer (`prediction` None)."""
         ids, mask = batch["prompt_input_ids"][:n], batch["prompt_attention_mask"][:n]
-        keep = int(mask.sum(0).nonzero().min()) if mask.any() else 0  # drop columns that are padding in all rows
-        generated = self.generate(ids[:, keep:], mask[:, keep:], seed=batch_idx)
+        generated: list[str | None] = []
+        if len(ids):
+            keep = int(mask.sum(0).nonzero().min()) if mask.any() else 0  # drop columns that are padding in all rows
+            generated = list(self.generate(ids[:, keep:], mask[:, keep:], seed=batch_idx))
+        if every_row:
+            generated += [None] * (len(batch["prompt_input_ids"]) - len(generated))
+            ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         records = [Record(prediction=text) for text in generated]
         if self.data_columns(split) == (None, None):  # no ftl data module: decode question and reference
             tok = self.tokenizer
-            for record, p, m, lab in zip(records, ids, mask, batch["labels"][:n], strict=True):
+            for record, p, m, lab in zip(records, ids, mask, batch["labels"][: len(records)], strict=True):
                 record.inputs = {"question": tok.decode(p[m.bool()], skip_special_tokens=True).strip()}
                 record.reference = tok.decode(lab[lab != IGNORE_INDEX], skip_special_tokens=True).strip()
         records = self.index_records(batch, records, split)

@@ -95,6 +95,26 @@ def choose_threshold(probs: torch.Tensor, labels: torch.Tensor, method: Threshol
     return float(thresholds[int(score.argmax())].clamp(0.0, 1.0))
 
 
+ECE_BINS = 15
+
+
+def calibration_metrics(num_labels: int):
+    """Expected calibration error (torchmetrics, 15 equal-width bins of the top label's probability) and the
+    Brier score (a mean of `brier_scores`), for `test/ece` and `test/brier`."""
+    from torchmetrics.aggregation import MeanMetric
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    return MulticlassCalibrationError(num_labels, n_bins=ECE_BINS, norm="l1"), MeanMetric()
+
+
+def brier_scores(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: the sum over labels of (probability - 1[true label])^2, halved for two labels (scikit-learn's
+    `brier_score_loss` convention: binary is (p_positive - y)^2). 0 is perfect."""
+    target = F.one_hot(labels.long(), probs.shape[-1]).to(probs.dtype)
+    score = ((probs - target) ** 2).sum(-1)
+    return score / 2 if probs.shape[-1] == 2 else score
+
+
 def _gather(tensor: torch.Tensor) -> torch.Tensor:
     """All ranks' rows (uneven sizes allowed) under DDP; the tensor itself on one process."""
     import torch.distributed as dist
@@ -155,6 +175,7 @@ class SequenceClassifier(TaskModule):
 
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_confusion = MulticlassConfusionMatrix(num_labels)
+        self.test_ece, self.test_brier = calibration_metrics(num_labels)
 
     def model_kwargs(self) -> dict[str, Any]:
         return head_kwargs(self.label_names, self.hparams.classifier_dropout)
@@ -251,14 +272,25 @@ class SequenceClassifier(TaskModule):
         probs = logits.float().softmax(-1).cpu().tolist()
         preds = self.predict_labels(logits).tolist()
         refs = labels.tolist() if labels is not None else [None] * len(preds)
-        return [Record(reference=None if ref is None else names[ref], prediction=names[pred],
-                       scores={f"prob_{n}": (p if digits is None else round(p, digits))
-                               for n, p in zip(names, row, strict=True)})
-                for row, pred, ref in zip(probs, preds, refs, strict=True)]
+        records = [Record(reference=None if ref is None else names[ref], prediction=names[pred],
+                          scores={f"prob_{n}": (p if digits is None else round(p, digits))
+                                  for n, p in zip(names, row, strict=True)})
+                   for row, pred, ref in zip(probs, preds, refs, strict=True)]
+        if labels is not None:  # each row's cross-entropy (weighted by its label's class weight, as the loss is)
+            losses = F.cross_entropy(logits.float(), labels, reduction="none").cpu().tolist()
+            weights = self.class_weight[labels].cpu().tolist() if self.class_weight is not None else None
+            for i, record in enumerate(records):
+                record.metrics["loss"] = losses[i]
+                if weights is not None:
+                    record.weights["loss"] = weights[i]
+        return records
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         _, logits = self._step(batch, "test")
         self.test_confusion.update(self.predict_labels(logits), batch["labels"])
+        probs = logits.detach().float().softmax(-1)
+        self.test_ece.update(probs, batch["labels"])
+        self.test_brier.update(brier_scores(probs, batch["labels"]))
         # full-precision probabilities, and the model's own decisions (threshold included)
         self.add_records(batch, self._rows_from_logits(logits, batch["labels"], digits=None))
 
@@ -283,6 +315,11 @@ class SequenceClassifier(TaskModule):
         values = flatten_metrics(stage, collection.compute(), self.label_names)
         collection.reset()
         self.log_dict(values, sync_dist=False)  # already synced by torchmetrics
+        if stage == "test":
+            self.log_dict({"test/ece": self.test_ece.compute(), "test/brier": self.test_brier.compute()},
+                          sync_dist=False)
+            self.test_ece.reset()
+            self.test_brier.reset()
         if stage == "test" and self.threshold is not None:
             self.log("test/threshold", float(self.threshold), sync_dist=False)
 

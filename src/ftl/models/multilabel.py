@@ -114,11 +114,19 @@ class MultiLabelClassifier(TaskModule):
         probs = logits.float().sigmoid().cpu().tolist()
         threshold = self.hparams.threshold
         refs = labels.cpu().tolist() if labels is not None else [None] * len(probs)
-        return [Record(reference=None if ref is None else self._label_set([v >= 0.5 for v in ref]),
-                       prediction=self._label_set([p >= threshold for p in row]),
-                       scores={f"prob_{n}": (p if digits is None else round(p, digits))
-                               for n, p in zip(self.label_names, row, strict=True)})
-                for row, ref in zip(probs, refs, strict=True)]
+        records = [Record(reference=None if ref is None else self._label_set([v >= 0.5 for v in ref]),
+                          prediction=self._label_set([p >= threshold for p in row]),
+                          scores={f"prob_{n}": (p if digits is None else round(p, digits))
+                                  for n, p in zip(self.label_names, row, strict=True)})
+                   for row, ref in zip(probs, refs, strict=True)]
+        if labels is not None:  # per-row shares of the test metrics that are means over rows (for intervals)
+            target = labels.float()
+            loss = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(-1)
+            right = (logits.float().sigmoid() >= threshold) == (target >= 0.5)
+            for record, row_loss, share, exact in zip(records, loss.tolist(), right.float().mean(-1).tolist(),
+                                                      right.all(-1).tolist(), strict=True):
+                record.metrics.update(loss=row_loss, accuracy=share, exact_match=float(exact))
+        return records
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         _, logits = self._step(batch, "test")

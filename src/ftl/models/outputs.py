@@ -22,6 +22,12 @@ class Record:
         reference: the true answer: a label name, a reference text, a target value (None in `predict`).
         prediction: the model's answer, in the same form as `reference`.
         scores: named numbers behind the prediction, e.g. `{"prob_cancer": 0.93, "prob_other": 0.07}`.
+        metrics: this row's value of each test metric that is a (weighted) mean over rows, named as the metric
+            is logged after `test/`: e.g. `{"loss": 0.21}` (its cross-entropy), `{"rouge1": 0.4}`. Confidence
+            intervals and paired tests resample these; a row without a value for a metric leaves it out.
+            Written beside the scores in the records file.
+        weights: the weight of a row in such a mean where it is not 1, e.g. `{"loss": 37}` answer tokens for a
+            token-weighted loss (written as `<metric>_weight`).
     """
 
     index: int = -1
@@ -29,6 +35,8 @@ class Record:
     reference: Any = None
     prediction: Any = None
     scores: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,7 +80,8 @@ class TaskOutputs:
     positive_label: str | None = None
 
     def rows(self) -> list[dict[str, Any]]:
-        """Records as flat rows for CSV/JSONL/W&B: inputs, reference (if any row has one), prediction, scores."""
+        """Records as flat rows for CSV/JSONL/W&B: inputs, reference (if any row has one), prediction, scores,
+        per-row metrics and their weights (`<metric>_weight`)."""
         with_reference = any(r.reference is not None for r in self.records)
         out = []
         for record in self.records:
@@ -81,5 +90,7 @@ class TaskOutputs:
                 row[self.reference_name] = record.reference
             row[self.prediction_name] = record.prediction
             row.update(record.scores)
+            row.update(record.metrics)
+            row.update({f"{key}_weight": value for key, value in record.weights.items()})
             out.append(row)
         return out

@@ -110,6 +110,10 @@ class RunOutputs(L.Callback):
         if outputs.records:
             # per test row, in the data's order: inputs, reference, prediction, scores (full precision)
             write_rows(run_dir / outputs.records_file, outputs.rows(), outputs.records_format)
+            # test_rows.json and a 95% interval beside each test metric in metrics.json (ftl.reports.intervals)
+            from ftl.reports.intervals import save_intervals, settings_of
+
+            save_intervals(run_dir, outputs, settings_of(trainer))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "validate":
@@ -361,8 +365,8 @@ class RunSummary(L.Callback):
 
 
 class Plots(L.Callback):
-    """`plots/loss.png` after fit; after test, for classifiers, `plots/confusion_matrix.png` and, for binary
-    tasks, `plots/precision_recall.png` (see `ftl.reports.plots`)."""
+    """`plots/loss.png` after fit; after test, for classifiers, `plots/confusion_matrix.png`,
+    `plots/reliability.png` and, for binary tasks, `plots/precision_recall.png` (see `ftl.reports.plots`)."""
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -390,6 +394,15 @@ class Plots(L.Callback):
             labels = torch.tensor([int(r.reference == positive) for r in outputs.records])
             preds = torch.tensor([int(r.prediction == positive) for r in outputs.records])
             plots.precision_recall(probs, labels, positive, folder / "precision_recall.png", preds)
+        names = outputs.label_names or []
+        columns = [f"prob_{name}" for name in names]
+        if matrix is not None and matrix.square and outputs.records and \
+                all(all(c in r.scores for c in columns) and r.reference in names for r in outputs.records):
+            probs = torch.tensor([[r.scores[c] for c in columns] for r in outputs.records])
+            truth = torch.tensor([names.index(r.reference) for r in outputs.records])
+            ece = _scalar(trainer.callback_metrics.get("test/ece"))
+            plots.reliability(probs.max(-1).values.tolist(), (probs.argmax(-1) == truth).float().tolist(),
+                              folder / "reliability.png", ece=ece)
 
 
 class HFExport(L.Callback):

@@ -19,7 +19,8 @@ import lightning as L
 
 from ftl.errors import FTLError
 from ftl.models.base import TaskModule, accepted_arguments
-from ftl.reports.tables import format_value, markdown_table, metric_rows
+from ftl.reports.stats import DEFAULT_RESAMPLES
+from ftl.reports.tables import format_value, format_with_interval, markdown_table, metric_rows
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -104,13 +105,14 @@ def _check_hf_labels(module: L.LightningModule, folder: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- evaluation
 def evaluate(module: L.LightningModule, datamodule: L.LightningDataModule, out_dir: Path,
-             trainer_kwargs: dict[str, Any] | None = None) -> dict[str, float]:
+             trainer_kwargs: dict[str, Any] | None = None, resamples: int = DEFAULT_RESAMPLES) -> dict[str, float]:
     """Test `module` on the data's test split in one process; returns (and leaves in `out_dir`) metrics.json.
 
     The trainer has only ftl's throughput and run-output callbacks: no logger, no checkpoints, so the run
     directory's own metrics and logs stay those of the run.
     """
     from ftl.reports.callbacks import RunOutputs, Throughput
+    from ftl.reports.intervals import CISettings
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = out_dir / "metrics.json"
@@ -123,7 +125,7 @@ def evaluate(module: L.LightningModule, datamodule: L.LightningDataModule, out_d
         enable_model_summary=False,
         enable_progress_bar=False,
         default_root_dir=str(out_dir),
-        callbacks=[Throughput(), RunOutputs()],
+        callbacks=[Throughput(), RunOutputs(), CISettings(resamples)],
     )
     trainer.test(module, datamodule=datamodule, verbose=False)
     return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
@@ -140,24 +142,82 @@ def eval_trainer_kwargs(trainer_config: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- the table
-def comparison_rows(before: dict[str, float], after: dict[str, float],
-                    label_names: list[str] | None = None) -> list[dict[str, Any]]:
-    """One row per test metric of either side: name, before, after, change = after - before (None if one lacks it)."""
+PAIRED_NOTE = ("Change = After - Before, with its paired 95% bootstrap interval (the same resampled test rows for "
+               "both models). p: accuracy by the exact McNemar test (binomial test on the rows exactly one model "
+               "gets right), every other metric by a paired permutation test (each row's two outputs swapped at "
+               "random); p-values Holm-corrected over the table's rows; verdict at 0.05 (better/worse: for After; "
+               "lower is better for loss, perplexity, ECE and Brier). Runtime rows are not tested.")
+
+
+def comparison_rows(before: dict[str, float], after: dict[str, float], label_names: list[str] | None = None,
+                    changes: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per test metric of either side: name, before, after, change = after - before (None if one lacks
+    it) and, with `changes` (`ftl.reports.stats.paired_changes`, keyed without `test/`), the change's paired
+    interval, its p-value, the Holm-adjusted p-value and the verdict."""
+    from ftl.reports.stats import verdict
+
     keys = list(dict.fromkeys([*after, *before]))
     rows = []
     for key, name in metric_rows(keys, "test", label_names):
         b, a = before.get(key), after.get(key)
         change = a - b if a is not None and b is not None else None
-        rows.append({"metric": key, "name": name, "before": b, "after": a, "change": change})
+        row = {"metric": key, "name": name, "before": b, "after": a, "change": change}
+        if changes is not None:
+            paired = changes.get(key.split("/", 1)[1]) if change is not None else None
+            row.update(change_ci_low=getattr(paired, "low", None), change_ci_high=getattr(paired, "high", None),
+                       p_value=getattr(paired, "p_value", None), test=getattr(paired, "test", None))
+        rows.append(row)
+    if changes is not None:
+        adjusted = holm_by_metric(rows)
+        for row, p_holm in zip(rows, adjusted, strict=True):
+            row["p_holm"] = p_holm
+            row["verdict"] = verdict(row["change"], p_holm, row["metric"]) if row["change"] is not None else None
     return rows
 
 
+def holm_by_metric(rows: list[dict[str, Any]], key: str = "metric") -> list[float | None]:
+    """Holm-adjusted p of each row, the family being the distinct tests: a metric shown twice ("Accuracy on X"
+    is "Recall (X)") is one test, not two."""
+    from ftl.reports.stats import holm
+
+    family: dict[Any, float | None] = {}
+    for row in rows:
+        family.setdefault(row[key], row.get("p_value"))
+    adjusted = dict(zip(family, holm(list(family.values())), strict=True))
+    return [adjusted[row[key]] for row in rows]
+
+
+def format_p(p: float | None) -> str:
+    if p is None:
+        return ""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _side(metric: str, value: float | None, metrics: dict[str, Any] | None) -> str:
+    if metrics is None:
+        return format_value(metric, value)
+    return format_with_interval(metric, {**metrics, metric: value})
+
+
+def _change(row: dict[str, Any]) -> str:
+    text = format_value(row["metric"], row["change"], signed=True)
+    if row.get("change_ci_low") is None or row.get("change_ci_high") is None:
+        return text
+    return (f"{text} [{format_value(row['metric'], row['change_ci_low'], signed=True)}, "
+            f"{format_value(row['metric'], row['change_ci_high'], signed=True)}]")
+
+
 def render_markdown(result: dict[str, Any]) -> str:
-    table = markdown_table(
-        ["Metric", "Before", "After", "Change"],
-        [[r["name"], format_value(r["metric"], r["before"]), format_value(r["metric"], r["after"]),
-          format_value(r["metric"], r["change"], signed=True)] for r in result["rows"]],
-    )
+    paired = any("verdict" in r for r in result["rows"])
+    header = ["Metric", "Before", "After", "Change"] + (["p (Holm)", "Verdict"] if paired else [])
+    table_rows = []
+    for r in result["rows"]:
+        cells = [r["name"], _side(r["metric"], r["before"], result.get("before")),
+                 _side(r["metric"], r["after"], result.get("after")), _change(r)]
+        if paired:
+            cells += [format_p(r.get("p_holm")), (r.get("verdict") or "").replace("_", " ")]
+        table_rows.append(cells)
+    table = markdown_table(header, table_rows, align="lrrrrl" if paired else None)
     lines = [
         "# Before / after fine-tuning",
         "",
@@ -167,7 +227,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         table,
         "",
-        "Change = After - Before. "
+        (PAIRED_NOTE + " Before and After: value [95% bootstrap interval over the test rows]. " if paired
+         else "Change = After - Before. ")
         + ("Accuracy on <label> = share of that label's rows predicted as it (its recall). "
            if result.get("label_names") else "")
         + "Runtime and throughput: one pass over the test split"
@@ -176,27 +237,49 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def test_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The `test/` entries of a metrics.json (values and their intervals)."""
+    return {key: value for key, value in metrics.items() if key.startswith("test/")}
+
+
 def compare_models(base: L.LightningModule, finetuned: L.LightningModule, datamodule: L.LightningDataModule,
                    run_dir: str | Path, *, before_model: str, after_model: str,
-                   trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Test both models on the test split; write compare.md / compare.json to `run_dir` and print the table."""
+                   trainer_kwargs: dict[str, Any] | None = None, resamples: int = DEFAULT_RESAMPLES,
+                   after: dict[str, float] | None = None) -> dict[str, Any]:
+    """Test both models on the test split; write compare.md / compare.json to `run_dir` and print the table.
+
+    `after`: the fine-tuned model's test metrics when it was just tested (`fit`'s own test pass, whose records
+    are still in `finetuned.test_outputs`): it is then not tested again.
+    """
     from ftl.reports.callbacks import write_json, write_text_atomic
 
     run_dir = Path(run_dir)
     say = lambda msg: print(f"ftl: compare: {msg}", file=sys.stderr)  # noqa: E731
     say("testing the model before fine-tuning")
-    before = evaluate(base, datamodule, run_dir / "compare" / "before", trainer_kwargs)
-    say("testing the fine-tuned model")
-    after = evaluate(finetuned, datamodule, run_dir / "compare" / "after", trainer_kwargs)
+    before = evaluate(base, datamodule, run_dir / "compare" / "before", trainer_kwargs, resamples)
+    if after is None or getattr(finetuned, "test_outputs", None) is None:
+        say("testing the fine-tuned model")
+        after = evaluate(finetuned, datamodule, run_dir / "compare" / "after", trainer_kwargs, resamples)
+    else:
+        say("the fine-tuned model's side is the test the fit just ran (not run again)")
+    before, after = test_metrics(before), test_metrics(after)
     outputs = finetuned.test_outputs if isinstance(finetuned, TaskModule) else None
+    base_outputs = base.test_outputs if isinstance(base, TaskModule) else None
     label_names = finetuned.label_names if isinstance(finetuned, TaskModule) else None
+    changes = None
+    if outputs is not None and base_outputs is not None and outputs.records and base_outputs.records:
+        from ftl.reports.records import rows_from_outputs
+        from ftl.reports.stats import paired_changes
+
+        changes = paired_changes(rows_from_outputs(base_outputs), rows_from_outputs(outputs), resamples)
     result = {
         "before_model": before_model,
         "after_model": after_model,
         "test_rows": len(outputs.records) if outputs is not None and outputs.records else None,
         "device": _device_name(finetuned),
         "label_names": label_names,
-        "rows": comparison_rows(before, after, label_names),
+        "ci_resamples": resamples,
+        "rows": comparison_rows(before, after, label_names, changes),
         "before": before,
         "after": after,
     }
@@ -222,11 +305,20 @@ def describe_base(module: L.LightningModule, seed: int | None) -> str:
 
 # ---------------------------------------------------------------------------------------------- entry points
 def compare_after_fit(module: L.LightningModule, datamodule: L.LightningDataModule, run_dir: str | Path,
-                      ckpt_path: str | None, seed: int | None, trainer_config: Any) -> dict[str, Any]:
-    """`fit --compare_after_fit`: the fitted module (restored to `ckpt_path`, the best checkpoint) vs a fresh one."""
-    if ckpt_path:
+                      ckpt_path: str | None, seed: int | None, trainer_config: Any,
+                      resamples: int = DEFAULT_RESAMPLES, tested: bool = False) -> dict[str, Any]:
+    """`fit --compare_after_fit`: the fitted module (restored to `ckpt_path`, the best checkpoint) vs a fresh one.
+
+    `tested`: the fit has just tested that checkpoint (test after fit): its metrics.json and records are the
+    "after" side, and only the base model is tested.
+    """
+    after = None
+    if tested and isinstance(module, TaskModule) and module.test_outputs is not None:
+        metrics_file = Path(run_dir) / "metrics.json"
+        after = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    if ckpt_path and after is None:
         restore_checkpoint(module, ckpt_path)
     base = fresh_model(module, seed)
     return compare_models(base, module, datamodule, run_dir, before_model=describe_base(base, seed),
                           after_model=f"`{ckpt_path}`" if ckpt_path else "the weights at the end of fit",
-                          trainer_kwargs=eval_trainer_kwargs(trainer_config))
+                          trainer_kwargs=eval_trainer_kwargs(trainer_config), resamples=resamples, after=after)

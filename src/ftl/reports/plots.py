@@ -99,3 +99,39 @@ def precision_recall(probs: torch.Tensor, labels: torch.Tensor, positive: str, p
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
     return _save(fig, Path(path))
+
+
+def reliability(confidence: Sequence[float], correct: Sequence[float], path: str | Path, n_bins: int = 15,
+                ece: float | None = None) -> Path:
+    """Reliability diagram: per confidence bin (the top label's probability, torchmetrics' 15 bins), the share of
+    rows predicted right against the bin's mean confidence, with each bin's row count; the diagonal is perfect
+    calibration."""
+    import numpy as np
+
+    from ftl.reports.stats import ece_bins
+
+    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    bins = np.minimum(ece_bins(confidence, n_bins), n_bins - 1)  # 1.0 drawn in the top bin
+    width = 1.0 / n_bins
+    fig = _figure()
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="perfect calibration")
+    for b in range(n_bins):
+        inside = bins == b
+        count = int(inside.sum())
+        if not count:
+            continue
+        accuracy = float(correct[inside].mean())
+        ax.bar(b * width, accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", alpha=0.7,
+               label="accuracy in bin" if not ax.containers else None)
+        ax.plot([confidence[inside].mean()], [accuracy], "k.")
+        ax.text((b + 0.5) * width, min(accuracy + 0.02, 0.97), str(count), ha="center", fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (probability of the predicted label)")
+    ax.set_ylabel("accuracy")
+    title = "Reliability (test; numbers: rows per bin)"
+    ax.set_title(title + (f", ECE {ece:.3f}" if ece is not None else ""))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left")
+    return _save(fig, Path(path))

@@ -16,7 +16,15 @@ import lightning as L
 
 from ftl.data.text import TextDataModule
 from ftl.models.base import TaskModule
-from ftl.reports.tables import epoch_table, format_value, markdown_table, metric_rows, read_metrics_csv
+from ftl.reports.tables import (
+    CI_LOW,
+    epoch_table,
+    format_value,
+    format_with_interval,
+    markdown_table,
+    metric_rows,
+    read_metrics_csv,
+)
 
 LIBRARIES = ("torch", "lightning", "transformers", "torchmetrics", "datasets", "tokenizers", "peft", "wandb", "ftl")
 
@@ -209,7 +217,9 @@ def render(info: dict[str, Any]) -> str:
     tests = metric_rows(m, "test", info["label_names"] or None)
     out += ["## Test metrics", ""]
     if tests:
-        out.append(markdown_table(["Metric", "Value"], [[name, format_value(key, m[key])] for key, name in tests]))
+        out.append(markdown_table(["Metric", "Value"], [[name, format_with_interval(key, m)] for key, name in tests]))
+        if any(key + CI_LOW in m for key, _ in tests):
+            out += ["", "In brackets: the 95% bootstrap confidence interval over the test rows (`--ci_resamples`)."]
     else:
         out.append("No test in this run (yet).")
     out.append("")

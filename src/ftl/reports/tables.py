@@ -12,6 +12,14 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+# beside a metric key: the bounds of its 95% confidence interval (ftl.reports.intervals)
+CI_LOW, CI_HIGH = "_ci_low", "_ci_high"
+
+
+def is_interval_key(key: str) -> bool:
+    """`test/accuracy_ci_low` and `_ci_high` keys are a metric's interval, not metrics of their own."""
+    return key.endswith(CI_LOW) or key.endswith(CI_HIGH)
+
 # (key after the stage prefix, display name); "{label}" expands to every label name, in label order.
 _ROWS: list[tuple[str, str]] = [
     ("accuracy", "Accuracy"),
@@ -23,6 +31,8 @@ _ROWS: list[tuple[str, str]] = [
     ("recall_macro", "Recall (macro)"),
     ("f1_macro", "F1 (macro)"),
     ("loss", "Eval loss"),
+    ("ece", "ECE (15 bins)"),
+    ("brier", "Brier score"),
     ("perplexity", "Perplexity"),
     ("rouge1", "ROUGE-1"),
     ("rouge2", "ROUGE-2"),
@@ -38,6 +48,8 @@ def label_names_in(keys: Iterable[str], stage: str = "test") -> list[str]:
     """Label names found in per-label keys (`test/f1/<label>`), in order of first appearance."""
     names: dict[str, None] = {}
     for key in keys:
+        if is_interval_key(key):
+            continue
         parts = key.split("/", 2)
         if len(parts) == 3 and parts[0] == stage:
             names.setdefault(parts[2], None)
@@ -47,7 +59,7 @@ def label_names_in(keys: Iterable[str], stage: str = "test") -> list[str]:
 def metric_rows(keys: Iterable[str], stage: str = "test", label_names: Sequence[str] | None = None,
                 ) -> list[tuple[str, str]]:
     """(metric key, display name) for every `<stage>/` key in `keys`: known metrics first, in reading order."""
-    present = [k for k in keys if k.startswith(f"{stage}/")]
+    present = [k for k in keys if k.startswith(f"{stage}/") and not is_interval_key(k)]  # intervals ride along
     available = set(present)
     labels = list(label_names) if label_names else label_names_in(present, stage)
     rows: list[tuple[str, str]] = []
@@ -67,6 +79,15 @@ def format_value(key: str, value: float | None, signed: bool = False) -> str:
         return "n/a"
     digits = 2 if key.rsplit("/", 1)[-1] in _SPEED else 4
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def format_with_interval(key: str, metrics: dict, signed: bool = False) -> str:
+    """`0.9550 [0.9250, 0.9800]` when `metrics` hold the key's interval, else the value alone."""
+    text = format_value(key, metrics.get(key), signed=signed)
+    low, high = metrics.get(key + CI_LOW), metrics.get(key + CI_HIGH)
+    if low is None or high is None or text == "n/a":
+        return text
+    return f"{text} [{format_value(key, low, signed)}, {format_value(key, high, signed)}]"
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str | None = None) -> str:

@@ -1,0 +1,356 @@
+"""Statistics over test rows: bootstrap confidence intervals, paired tests between two models, calibration.
+
+The one statistics module the reports use (`metrics.json` CIs, `compare`, `compare --runs`). Everything starts
+from `Rows`: per-row columns of one model's test pass (true and predicted label ids, probabilities, per-row
+metric values), built from the task contract (`ftl.reports.records`).
+
+Every metric here is a function of **sums of per-row columns** (accuracy: sum of `correct`; precision of a
+label: its true positives and predicted positives; a token-weighted loss: sum of loss x tokens and of tokens;
+ECE: per-bin sums of confidence minus correctness). So a bootstrap resample is one vector of row counts, and
+all resamples of all metrics are one matrix product `counts @ columns`. A paired permutation (swap the two
+models' outputs on a random subset of rows) is linear in the same columns too.
+
+Why hand-written rather than `scipy.stats.bootstrap`: scipy calls the statistic once per metric, and once per
+resample for statistics that are not a plain mean (per-label F1...). Measured here (1,000 resamples, percentile,
+one statistic per metric, `vectorized=False`): a binary 200-row test, 11 metrics, 0.31 s with scipy vs 0.011 s
+here; 5 labels and 2,000 rows, 20 metrics, 1.37 s vs 0.033 s. The paired permutation test reuses the same
+per-row sums. scipy is used where it fits: the exact binomial test (McNemar) and the t quantile across seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ftl.errors import FTLError
+
+CONFIDENCE = 0.95
+ALPHA = 0.05
+DEFAULT_RESAMPLES = 1000
+DEFAULT_SEED = 0  # bootstrap and permutation draws are seeded: the same rows give the same intervals
+ECE_BINS = 15
+LOWER_IS_BETTER = ("loss", "perplexity", "ece", "brier")
+# 5e6 float64 counts (40 MB) per chunk of resamples, whatever the number of rows
+_CHUNK_CELLS = 5_000_000
+
+
+@dataclass
+class Rows:
+    """Per-row columns of one model's test pass, in the data's order.
+
+    Args:
+        keys: one identity per row (a hash of its inputs and reference): two runs are paired only when equal.
+        label_names: the labels of a single-label task (None otherwise).
+        y: true label ids (single-label tasks).
+        p: predicted label ids (the model's decisions, a tuned threshold included).
+        probs: (rows, labels) probabilities, for calibration (ECE, Brier).
+        values: per-row values of metrics that are (weighted) means over rows, e.g. `loss`, `rouge1`;
+            NaN where a row has none (e.g. no generated answer).
+        weights: weights of those means where not 1 (e.g. answer tokens of a token-weighted loss).
+    """
+
+    keys: list[str]
+    label_names: list[str] | None = None
+    y: np.ndarray | None = None
+    p: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+Metric = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with 0 where den is 0 (torchmetrics' zero_division=0)."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)
+
+
+def ece_bins(confidence: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Bin of each confidence exactly as torchmetrics' `CalibrationError` (float32 boundaries, right-closed
+    search; a confidence of exactly 1.0 gets a bin of its own)."""
+    boundaries = np.linspace(0, 1, n_bins + 1, dtype=np.float32)
+    return np.searchsorted(boundaries, confidence.astype(np.float32), side="right") - 1
+
+
+def brier_per_row(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Brier score per row, scikit-learn's convention: sum over labels of (p - 1[label])^2, halved for two
+    labels (so binary is the familiar (p_positive - y)^2). 0 is perfect."""
+    target = np.zeros_like(probs)
+    target[np.arange(len(y)), y] = 1.0
+    score = ((probs - target) ** 2).sum(1)
+    return score / 2 if probs.shape[1] == 2 else score
+
+
+def columns_and_metrics(rows: Rows, available: Sequence[str] | None = None
+                        ) -> tuple[dict[str, np.ndarray], dict[str, Metric]]:
+    """The per-row columns and the metrics (by key after `test/`) computed from their sums.
+
+    `available`: the value names to use (the ones both sides of a comparison have); default all of `rows`.
+    """
+    cols: dict[str, np.ndarray] = {"one": np.ones(len(rows))}
+    metrics: dict[str, Metric] = {}
+    if rows.y is not None and rows.p is not None and rows.label_names:
+        y, p = rows.y, rows.p
+        cols["correct"] = (y == p).astype(float)
+        metrics["accuracy"] = lambda s: _ratio(s["correct"], s["one"])
+        k = len(rows.label_names)
+        for c in range(k):
+            cols[f"tp{c}"] = ((y == c) & (p == c)).astype(float)
+            cols[f"pred{c}"] = (p == c).astype(float)
+            cols[f"true{c}"] = (y == c).astype(float)
+
+        def per_label(kind: str, c: int) -> Metric:
+            if kind == "precision":
+                return lambda s: _ratio(s[f"tp{c}"], s[f"pred{c}"])
+            if kind == "recall":
+                return lambda s: _ratio(s[f"tp{c}"], s[f"true{c}"])
+            return lambda s: _ratio(2 * s[f"tp{c}"], s[f"pred{c}"] + s[f"true{c}"])
+
+        def macro(kind: str) -> Metric:
+            # labels neither present nor predicted in the (re)sample are left out, as torchmetrics' macro does
+            def fn(s: dict[str, np.ndarray]) -> np.ndarray:
+                used = np.stack([(s[f"pred{c}"] + s[f"true{c}"]) > 0 for c in range(k)])
+                vals = np.stack([per_label(kind, c)(s) for c in range(k)])
+                return _ratio((vals * used).sum(0), used.sum(0))
+            return fn
+
+        for kind in ("precision", "recall", "f1"):
+            for c, name in enumerate(rows.label_names):
+                metrics[f"{kind}/{name}"] = per_label(kind, c)
+            metrics[f"{kind}_macro"] = macro(kind)
+        if rows.probs is not None:
+            probs = rows.probs.astype(float)
+            confidence = probs.max(1)
+            hit = (probs.argmax(1) == y).astype(float)  # calibration is of the top label, as torchmetrics
+            bins = ece_bins(confidence)
+            for b in range(ECE_BINS + 1):
+                cols[f"gap{b}"] = np.where(bins == b, confidence - hit, 0.0)
+            metrics["ece"] = lambda s: sum(np.abs(s[f"gap{b}"]) for b in range(ECE_BINS + 1)) / s["one"]
+            cols["brier"] = brier_per_row(probs, y)
+            metrics["brier"] = lambda s: _ratio(s["brier"], s["one"])
+    names = rows.values if available is None else [n for n in rows.values if n in available]
+    for name in names:
+        value = rows.values[name].astype(float)
+        weight = rows.weights.get(name, np.ones(len(rows))).astype(float)
+        weight = np.where(np.isnan(value), 0.0, weight)
+        cols[f"v:{name}"] = np.nan_to_num(value) * weight
+        cols[f"w:{name}"] = weight
+        metrics[name] = (lambda n: lambda s: _ratio(s[f"v:{n}"], s[f"w:{n}"]))(name)
+    if "loss" in metrics and "perplexity" not in metrics:
+        loss = metrics["loss"]
+        metrics["perplexity"] = lambda s: np.exp(np.minimum(loss(s), 700.0))
+    return cols, metrics
+
+
+def _evaluate(metrics: dict[str, Metric], names: list[str], sums: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric over sums of shape (..., columns)."""
+    by_name = {name: sums[..., i] for i, name in enumerate(names)}
+    return {key: np.asarray(fn(by_name), dtype=float) for key, fn in metrics.items()}
+
+
+def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(resamples, n): how often each row is drawn in each bootstrap resample of n rows with replacement."""
+    draws = rng.integers(0, n, size=(resamples, n)) + (np.arange(resamples) * n)[:, None]
+    return np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n).astype(float)
+
+
+def _chunks(n: int, total: int) -> list[int]:
+    size = max(1, _CHUNK_CELLS // max(n, 1))
+    return [min(size, total - start) for start in range(0, total, size)]
+
+
+def point_values(rows: Rows) -> dict[str, float]:
+    """Every metric on all rows (the numbers the intervals are around)."""
+    cols, metrics = columns_and_metrics(rows)
+    names = list(cols)
+    sums = np.stack([cols[c] for c in names], 1).sum(0)
+    return {key: float(v) for key, v in _evaluate(metrics, names, sums).items()}
+
+
+def bootstrap_intervals(rows: Rows, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                        confidence: float = CONFIDENCE) -> dict[str, tuple[float, float]]:
+    """95% percentile bootstrap interval of every metric: `{"accuracy": (low, high), ...}` ({} for no rows)."""
+    n = len(rows)
+    if n == 0 or resamples <= 0:
+        return {}
+    cols, metrics = columns_and_metrics(rows)
+    names = list(cols)
+    matrix = np.stack([cols[c] for c in names], 1)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[np.ndarray]] = {key: [] for key in metrics}
+    for size in _chunks(n, resamples):
+        values = _evaluate(metrics, names, resample_counts(n, size, rng) @ matrix)
+        for key, value in values.items():
+            draws[key].append(value)
+    tail = 100 * (1 - confidence) / 2
+    out = {}
+    for key, parts in draws.items():
+        low, high = np.percentile(np.concatenate(parts), [tail, 100 - tail])
+        out[key] = (float(low), float(high))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- paired tests
+def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+    """Exact McNemar test: two-sided binomial test (p = 1/2) on the rows exactly one of the two models gets right.
+
+    1.0 when no row is discordant (nothing to tell the models apart).
+    """
+    from scipy.stats import binomtest
+
+    a_only = int(np.sum((correct_a > 0) & (correct_b == 0)))
+    b_only = int(np.sum((correct_b > 0) & (correct_a == 0)))
+    if a_only + b_only == 0:
+        return 1.0
+    return float(binomtest(a_only, a_only + b_only, 0.5, alternative="two-sided").pvalue)
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment (family-wise error) of the p-values given; None entries stay None.
+
+    Hand-written: scipy has Benjamini-Hochberg (`false_discovery_control`) but not Holm, and statsmodels is not
+    worth a dependency for six lines.
+    """
+    tested = [(p, i) for i, p in enumerate(p_values) if p is not None]
+    m = len(tested)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(tested)):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def verdict(change: float, p_adjusted: float | None, metric: str, alpha: float = ALPHA) -> str | None:
+    """`better` / `worse` (for the second model) when the Holm-adjusted p is below alpha, else `no_difference`."""
+    if p_adjusted is None:
+        return None
+    if p_adjusted >= alpha or change == 0:
+        return "no_difference"
+    lower = metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER or metric.split("/")[-1] in LOWER_IS_BETTER
+    return "better" if (change < 0) == lower else "worse"
+
+
+@dataclass
+class Change:
+    """The paired change (B - A) of one metric: point value, bootstrap interval, p-value and its test."""
+
+    change: float
+    low: float | None
+    high: float | None
+    p_value: float | None
+    test: str | None
+
+
+def check_paired(a: Rows, b: Rows, name_a: str = "A", name_b: str = "B") -> None:
+    """Two passes compare row by row only on the very same rows in the same order: else one clear error."""
+    if len(a) != len(b):
+        raise FTLError(f"{name_a} has {len(a)} test rows and {name_b} has {len(b)}: paired statistics need the same "
+                       "test split (same data, same split settings)")
+    differing = sum(x != y for x, y in zip(a.keys, b.keys, strict=True))
+    if differing:
+        raise FTLError(f"{name_a} and {name_b} differ in {differing} of {len(a)} test rows (text or reference): "
+                       "compare runs tested on the same data and split")
+    if (a.label_names or b.label_names) and list(a.label_names or []) != list(b.label_names or []):
+        raise FTLError(f"{name_a} has labels {a.label_names} and {name_b} has {b.label_names}: compare runs of the "
+                       "same task")
+
+
+def paired_changes(a: Rows, b: Rows, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                   confidence: float = CONFIDENCE) -> dict[str, Change]:
+    """Change B - A of every metric both have, on the same rows: a paired bootstrap interval (the same resampled
+    rows for both models) and a p-value: exact McNemar for accuracy, a paired permutation test (each row's two
+    outputs swapped at random, `resamples` times) for every other metric. Without resamples, only accuracy
+    gets a p-value and no metric an interval."""
+    check_paired(a, b)
+    shared = [name for name in a.values if name in b.values]
+    cols_a, metrics = columns_and_metrics(a, shared)
+    cols_b, metrics_b = columns_and_metrics(b, shared)
+    keys = [key for key in metrics if key in metrics_b]
+    metrics = {key: metrics[key] for key in keys}
+    names = [c for c in cols_a if c in cols_b]
+    xa = np.stack([cols_a[c] for c in names], 1)
+    xb = np.stack([cols_b[c] for c in names], 1)
+    point_a, point_b = _evaluate(metrics, names, xa.sum(0)), _evaluate(metrics, names, xb.sum(0))
+    observed = {key: float(point_b[key] - point_a[key]) for key in keys}
+    n = len(a)
+    intervals: dict[str, tuple[float, float]] = {}
+    p_values: dict[str, float] = {}
+    if resamples > 0 and n > 0:
+        rng = np.random.default_rng(seed)
+        diffs: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+        for size in _chunks(n, resamples):
+            counts = resample_counts(n, size, rng)
+            va, vb = _evaluate(metrics, names, counts @ xa), _evaluate(metrics, names, counts @ xb)
+            for key in keys:
+                diffs[key].append(vb[key] - va[key])
+        tail = 100 * (1 - confidence) / 2
+        for key in keys:
+            low, high = np.percentile(np.concatenate(diffs[key]), [tail, 100 - tail])
+            intervals[key] = (float(low), float(high))
+        # paired permutation: under "no difference" each row's two outputs are exchangeable
+        delta = xb - xa
+        total_a, total_b = xa.sum(0), xb.sum(0)
+        extreme = {key: 0 for key in keys}
+        for size in _chunks(n, resamples):
+            swap = (rng.random((size, n)) < 0.5).astype(float) @ delta
+            va, vb = _evaluate(metrics, names, total_a + swap), _evaluate(metrics, names, total_b - swap)
+            for key in keys:
+                tolerance = 1e-12 * max(1.0, abs(observed[key]))
+                extreme[key] += int(np.sum(np.abs(vb[key] - va[key]) >= abs(observed[key]) - tolerance))
+        p_values = {key: (1 + extreme[key]) / (1 + resamples) for key in keys}
+    out = {}
+    for key in keys:
+        low, high = intervals.get(key, (None, None))
+        if key == "accuracy":
+            p, test = mcnemar_p(cols_a["correct"], cols_b["correct"]), "mcnemar"
+        elif key in p_values:
+            p, test = p_values[key], "permutation"
+        else:
+            p, test = None, None
+        out[key] = Change(change=observed[key], low=low, high=high, p_value=p, test=test)
+    return out
+
+
+def across_runs(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, float | None]:
+    """Mean, sample standard deviation and the t interval of the mean of one metric over several runs (seeds)."""
+    from scipy import stats as sps
+
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if arr.size == 0:
+        return {"mean": None, "std": None, "ci_low": None, "ci_high": None, "n": 0}
+    mean = float(arr.mean())
+    if arr.size < 2:
+        return {"mean": mean, "std": None, "ci_low": None, "ci_high": None, "n": 1}
+    std = float(arr.std(ddof=1))
+    half = float(sps.t.ppf(0.5 + confidence / 2, arr.size - 1)) * std / math.sqrt(arr.size)
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": int(arr.size)}
+
+
+# ---------------------------------------------------------------------------------------------- temperature
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100) -> float:
+    """The one temperature T > 0 that minimises the NLL of softmax(logits / T) on these rows (LBFGS, as in Guo et
+    al. 2017); argmax, hence accuracy, is unchanged by any T."""
+    import torch
+
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    target = torch.as_tensor(labels, dtype=torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), target)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.exp().item())
