@@ -13,22 +13,22 @@ LightningDataModule plugs in without touching this file. The CLI adds only what 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from ftl.commands.parsing import FTLArgumentParser, check_config_files, find_user_error
 from ftl.commands.quiet import quiet_library_noise
 from ftl.commands.rundir import (
+    FINISHED,
     RunDirectory,
     clear_derived,
     current_run_dir,
     given_run_dir,
+    mark_finished,
     new_run_dir,
     newest_resumable,
     newest_with_last,
@@ -45,6 +45,7 @@ from ftl.reports.callbacks import (
     Throughput,
 )
 from ftl.reports.checkpoint import RunCheckpoint
+from ftl.reports.interrupt import SaveOnInterrupt
 from ftl.reports.intervals import CISettings
 from ftl.reports.loggers import WandbReport, finish_wandb, log_config, prepare_wandb_env, start_wandb, wandb_loggers
 from ftl.reports.progress import ProgressLines
@@ -77,7 +78,7 @@ class FTLCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"callbacks": [RunOutputs(), PredictionWriter(), WandbReport(), Throughput(), RunSummary(),
                                             Plots(), HFExport(), ResumeRandomState(), self._speedups,
-                                            SecondInterruptExits(), self._progress_lines]},
+                                            SaveOnInterrupt(), self._progress_lines]},
             auto_configure_optimizers=False,
             args=args,
             run=run,
@@ -147,7 +148,10 @@ class FTLCLI(LightningCLI):
         self._adjust_callbacks(config.trainer)
         self._without_validation(config)
         self._earlier_metrics = self._metrics_before_resume(config)
+        # resuming a run whose fit finished is training it further on purpose (--run_dir X --ckpt_path last)
+        self._train_further = False
         if self.subcommand == "fit" and config.get("ckpt_path") and not self._run_directory.created:
+            self._train_further = (self.run_dir / FINISHED).is_file()
             clear_derived(self.run_dir)
 
     def _metrics_before_resume(self, config) -> list[dict[str, float]]:
@@ -329,6 +333,8 @@ class FTLCLI(LightningCLI):
                 self._discard_run_dir()
             raise
         self._keep_earlier_metrics()
+        if isinstance(self.trainer.checkpoint_callback, RunCheckpoint):
+            self.trainer.checkpoint_callback.train_further = getattr(self, "_train_further", False)
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -339,6 +345,8 @@ class FTLCLI(LightningCLI):
             if isinstance(err, Exception) and find_user_error(err):
                 self._discard_run_dir()
             raise
+        if subcommand == "fit" and self.trainer.is_global_zero and not self.trainer.interrupted:
+            mark_finished(self.run_dir, self.trainer.current_epoch, self.trainer.global_step)
         # after test-after-fit, so the summary, comparison and plots other callbacks wrote are there to send
         finish_wandb(self.trainer, self.run_dir, ok=True)
         if self.run_dir is not None:
@@ -452,14 +460,6 @@ EXTRA_COMMANDS: dict[str, str] = {
 }
 
 
-class SecondInterruptExits(Callback):
-    """After a first Ctrl-C, Lightning shuts down gracefully and ignores SIGINT; a second one then exits at once."""
-
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
-            signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-
-
 def _interrupted() -> None:
     """Ctrl-C: one line saying what was kept and how to go on, exit status 130, no empty run directory."""
     run = current_run_dir()
@@ -467,12 +467,23 @@ def _interrupted() -> None:
     if run is not None:
         run.discard()  # only a folder this command made that holds no checkpoint
     if last is not None and last.is_file():
-        print(f"ftl: interrupted; {last} holds the last saved state: run the same command with --ckpt_path last "
-              "to continue", file=sys.stderr)
+        print(f"ftl: interrupted; {last} holds the state after {_saved_step(last)}: run the same command with "
+              "--ckpt_path last to continue", file=sys.stderr)
     else:
         print("ftl: interrupted before anything was saved" + (" (its run directory was removed)" if run else ""),
               file=sys.stderr)
     raise SystemExit(130)
+
+
+def _saved_step(checkpoint: Path) -> str:
+    """'training step 12 (epoch 2)': what a checkpoint holds, read without loading its tensors."""
+    try:
+        import torch
+
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        return f"training step {int(state['global_step'])} (epoch {int(state['epoch']) + 1})"
+    except Exception:  # the line must come out whatever the file holds
+        return "the last saved step"
 
 
 def main(args: Any = None) -> None:

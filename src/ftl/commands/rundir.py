@@ -5,8 +5,9 @@
   resumes it;
 - `RunDirectory.discard()`: a command that failed on bad input leaves nothing behind (a folder it made and
   that holds no checkpoint), and never touches any other run;
-- `newest_resumable(root, name)`: the run `fit --ckpt_path last` continues: the newest whose training did not
-  finish (a finished run holds `fit_finished.json`, written by the reports at the end of fit).
+- `newest_resumable(root, name)`: the run `fit --ckpt_path last` continues: the newest whose fit command did not
+  finish (a finished run holds `fit_finished.json`, written once training, test and comparison are done);
+- `mark_finished(run_dir, ...)`: writes that marker, atomically.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from datetime import datetime
 from pathlib import Path
 
 from ftl.errors import FTLError
-from ftl.reports.callbacks import FINISHED
+
+# Written when a `fit` command ends without interruption, after its test and comparison: `--ckpt_path last`
+# continues only runs without it (one whose training ended but whose test was cut off tests again).
+FINISHED = "fit_finished.json"
 
 
 @dataclass
@@ -96,6 +100,16 @@ def newest_resumable(root: str | Path, name: str) -> Path | None:
 # them first (each is written again as the run goes on): none then cites a deleted checkpoint or an old model.
 DERIVED = (FINISHED, "metrics.json", "summary.md", "compare.md", "compare.json", "compare", "test_predictions.csv",
            "generations.jsonl", "confusion_matrix.csv", "plots", "hf_model")
+
+
+def mark_finished(run_dir: Path, epoch: int, global_step: int) -> None:
+    """The run's fit command completed: training, and the test and comparison after it."""
+    import json
+
+    path = Path(run_dir) / FINISHED
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"epoch": epoch, "global_step": global_step}) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def clear_derived(run_dir: Path) -> list[str]:

@@ -62,6 +62,12 @@ class LengthGroupedSampler(DistributedSampler):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.num_replicas, self.rank = num_replicas, rank
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Start epoch `epoch` after its first `batches_done` batches: a run resumed from a mid-epoch checkpoint
+        (ftl saves one at Ctrl-C) then trains on the rest of that epoch's order, as the unbroken run did."""
+        self._resume = (epoch, batches_done)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at each epoch so every epoch gets a different, reproducible order."""
@@ -89,10 +95,16 @@ class LengthGroupedSampler(DistributedSampler):
         return batches + ([tail] if tail else [])
 
     def __iter__(self) -> Iterator[int]:
-        for batch in self.batches():
+        batches = self.batches()
+        if self._resume is not None and self._resume[0] <= self.epoch:
+            if self._resume[0] == self.epoch:
+                batches = batches[self._resume[1] :]  # whole batches: the DataLoader cuts the same ones after
+            self._resume = None
+        for batch in batches:
             yield from batch
 
     def __len__(self) -> int:
+        # the full epoch even when resumed mid-epoch: Lightning counts the batches done before the interrupt
         return math.ceil(len(self.lengths) / self.num_replicas)
 
 

@@ -216,6 +216,7 @@ class TextDataModule(L.LightningDataModule):
         self._cache_keys: dict[str, str] = {}
         self._tokenized: dict[str, Any] = {}  # per split; its cache key is fixed once computed (_cache_keys)
         self._tokenizer_key: str | None = None
+        self._resume_train_at: tuple[int, int] | None = None  # (epoch, batches done), from a mid-epoch checkpoint
         self.datasets: dict[str, Any] = {}
         if not (dataset or data_dir or data_files):
             raise FTLError("no data source: set data.dataset (hub id), data.data_dir (folder) or data.data_files")
@@ -580,6 +581,25 @@ class TextDataModule(L.LightningDataModule):
         """Rows per split, for summaries."""
         return {split: len(ds) for split, ds in self.raw.items()}
 
+    # ---------------------------------------------------------------- resume mid-epoch
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: how far training is into its epoch. A checkpoint taken mid-epoch (ftl
+        saves `last.ckpt` after the current step on Ctrl-C) then resumes with the next batch of that epoch's
+        seeded order instead of starting the epoch over (Lightning does this only for loaders that keep a state,
+        and counting in the loader would be off by what it has prefetched)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.training:
+            return {}
+        loop = trainer.fit_loop
+        done = int(loop.epoch_loop.batch_progress.current.processed)
+        if not 0 < done < trainer.num_training_batches:  # at an epoch's end Lightning starts the next one
+            return {}
+        return {"train_epoch": int(loop.epoch_progress.current.processed), "train_batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "train_batches_done" in state_dict:
+            self._resume_train_at = (int(state_dict["train_epoch"]), int(state_dict["train_batches_done"]))
+
     # ---------------------------------------------------------------- loaders
     def _replicas(self) -> tuple[int, int]:
         """(world size, global rank) of the attached trainer: the samplers shard the data themselves."""
@@ -607,6 +627,9 @@ class TextDataModule(L.LightningDataModule):
             group = self.group_batches if self.group_by_length else 1
             sampler = LengthGroupedSampler(sequence_lengths(dataset), batch_size, group, self.seed, weights=weights,
                                            num_replicas=replicas, rank=rank)
+            if self._resume_train_at is not None:
+                sampler.resume_at(*self._resume_train_at)
+                self._resume_train_at = None
             shuffle = False
         elif not shuffle and (self.sort_eval_by_length or replicas > 1):
             lengths = sequence_lengths(dataset) if self.sort_eval_by_length else [0] * len(dataset)

@@ -62,10 +62,6 @@ def write_rows(path: Path, rows: list[dict[str, Any]], fmt: str) -> Path:
     return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-# Written when a fit ends without interruption; `--ckpt_path last` continues only runs without it.
-FINISHED = "fit_finished.json"
-
-
 def task_outputs(pl_module: L.LightningModule) -> TaskOutputs | None:
     """The task contract of the test that just ended (None for modules that are not ftl tasks)."""
     return pl_module.test_outputs if isinstance(pl_module, TaskModule) else None
@@ -163,10 +159,12 @@ class RunOutputs(L.Callback):
             self._best_val = {ckpt.monitor: _scalar(ckpt.best_model_score)}
         if self._best_val:
             self._save_metrics(trainer, "val/", self._best_val)
-        self._save_metrics(trainer, "train/")  # final train loss and throughput (Throughput)
-        if trainer.is_global_zero and not trainer.interrupted:
-            write_json(self._run_dir(trainer) / FINISHED, {"epoch": trainer.current_epoch,
-                                                           "global_step": trainer.global_step})
+        # final train loss and metrics of the last epoch, and throughput (Throughput); a run resumed after its
+        # training had ended (killed during test) trains nothing in this session: its logged values stand. Values
+        # of the last batch alone (`*_step`) stay in metrics.csv: they are one batch's noise, not a result.
+        train = {**logged_metrics(trainer, "train/"),
+                 **{key: value for key, value in trainer.callback_metrics.items() if key.startswith("train/")}}
+        self._save_metrics(trainer, "train/", {key: value for key, value in train.items() if not key.endswith("_step")})
 
 
 class ResumeRandomState(L.Callback):
@@ -193,6 +191,13 @@ class ResumeRandomState(L.Callback):
         self._loaded = state_dict
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._apply()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._apply()  # a run resumed mid-epoch (Ctrl-C) gets no on_train_epoch_start for that epoch
+
+    def _apply(self) -> None:
         # applied when training resumes, not on load: the sanity check and setup in between then cannot shift it
         if self._loaded is None:
             return
@@ -321,6 +326,26 @@ def flush_csv_logs(trainer: L.Trainer) -> Path:
             logger.save()
             path = Path(logger.experiment.metrics_file_path)
     return path
+
+
+def logged_metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
+    """The last value logged under each `prefix` key in the CSV log (metrics.csv, earlier sessions of a resumed
+    run included); `<key>_epoch` is also given as `<key>`, as Lightning's callback_metrics do at an epoch's end."""
+    import csv
+
+    path = flush_csv_logs(trainer)
+    values: dict[str, float] = {}
+    if trainer.is_global_zero and path.is_file():
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                for key, value in row.items():
+                    try:
+                        if key and key.startswith(prefix) and value not in ("", None):
+                            values[key] = float(value)
+                    except ValueError:
+                        continue
+    values.update({key[: -len("_epoch")]: value for key, value in list(values.items()) if key.endswith("_epoch")})
+    return values
 
 
 def _latest_metrics(trainer: L.Trainer) -> dict[str, float]:

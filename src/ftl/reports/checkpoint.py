@@ -12,6 +12,12 @@
 - Every checkpoint is written under a temporary name and renamed into place, so an interrupt or a crash during
   a save never leaves a half-written `*.ckpt` that looks valid (Lightning writes the final path directly).
 - How many best checkpoints a run keeps is `--checkpoint.save_top_k` (default 1); `last.ckpt` is one more.
+- Ctrl-C during training saves `last.ckpt` after the running step (`save_last_now`, called by
+  `ftl.reports.interrupt.SaveOnInterrupt`); temporary files a killed save left behind are removed at setup.
+- A run whose training had stopped (early stopping) when its last checkpoint was saved, and that is resumed
+  because something after training was cut off (a kill during test), does not train again: the checkpoint
+  records the stop and a resumed fit applies it, unless `train_further` is set (`--run_dir X --ckpt_path last`
+  on a finished run: more epochs on purpose).
 """
 
 from __future__ import annotations
@@ -25,6 +31,35 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 class RunCheckpoint(ModelCheckpoint):
     """ModelCheckpoint with weights-only best files, a shared file for a same-step best and last, atomic saves."""
+
+    train_further = False  # set by the CLI when a finished run is resumed on purpose to train more epochs
+    _stopping = False  # the trainer was stopping (early stopping) when the checkpoint being written was taken
+    _resumed_stopping = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and stage == "fit" and self.dirpath and os.path.isdir(self.dirpath):
+            for name in os.listdir(self.dirpath):  # half-written by a process killed during a save
+                if name.startswith(".") and name.endswith((".ckpt.tmp", ".ckpt.link")):
+                    path = os.path.join(self.dirpath, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "stopping": self._stopping}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._resumed_stopping = bool(state_dict.get("stopping", False))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self._resumed_stopping and not self.train_further:
+            trainer.should_stop = True  # training had ended: the resumed run only finishes what came after it
+        self._resumed_stopping = False
+
+    def save_last_now(self, trainer) -> None:
+        """`last.ckpt` of the state after the step that just ended (mid-epoch), for Ctrl-C."""
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_epoch(self, trainer) -> None:
         candidates = self._monitor_candidates(trainer)
@@ -51,6 +86,7 @@ class RunCheckpoint(ModelCheckpoint):
         """Lightning's save, through a temporary file renamed into place."""
         folder, name = os.path.split(filepath)
         tmp = os.path.join(folder, f".{name}.tmp")
+        self._stopping = bool(trainer.should_stop)
         trainer.save_checkpoint(tmp, self.save_weights_only)
         if trainer.is_global_zero:
             if os.path.isdir(tmp) and os.path.isdir(filepath):  # a sharded (FSDP) checkpoint is a folder
