@@ -72,3 +72,21 @@ def test_a_few_empty_texts_are_a_warning_with_their_count(tmp_path, tiny_bert, c
     raw(write(tmp_path / "d", "train.csv", body), tiny_bert)
     err = capsys.readouterr().err
     assert "rows in the" in err and "have an empty 'text'" in err
+
+
+def test_a_data_cache_that_cannot_be_written_is_one_line_naming_it(tmp_path, tiny_data_dir, tiny_bert, capsys):
+    """(Tests run as root here, so a read-only folder would not stop them: a file in the way does.)"""
+    from tests.helpers import ROOT, run_cli
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as stop:
+        run_cli("fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.pretrained", str(tiny_bert),
+                "--data.class_path", "ftl.data.classification.TextClassificationDataModule",
+                "--data.data_dir", str(tiny_data_dir), "--data.cache_dir", str(blocker / "cache"),
+                "--runs_root", str(tmp_path / "runs"))
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("ftl: run directory")]
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert err[0] == (f"ftl: error: cannot write the data cache '{blocker / 'cache' / 'raw'}' (Not a directory): "
+                      "set --data.cache_dir (or FTL_CACHE) to a writable folder")
+    assert not list((tmp_path / "runs").rglob("*.ckpt")) and not list((tmp_path / "runs").glob("*/*"))

@@ -214,3 +214,21 @@ def test_run_files_are_sent_at_the_end(tmp_path, monkeypatch):
     assert table["columns"] == ["question", "reference", "generated"]
     assert table["data"] == [[a["question"], a["reference"], a["generated"]] for a in answers]
     assert not list((folder / "files" / "media" / "table").glob("predictions_*"))
+
+
+def test_a_wandb_run_prints_ftl_lines_and_no_library_noise(tmp_path, tiny_data_dir, tiny_bert):
+    """In a fresh process (wandb says some lines once per process): no W&B "anonymous setting" warning (ftl does
+    not pass Lightning's unset `anonymous`), no Lightning tip, no LOAD REPORT of the fresh head, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    result = subprocess.run([sys.executable, "-m", "ftl", *fit_args(tmp_path / "run", tiny_data_dir, tiny_bert,
+                                                                       "--trainer.max_epochs", "1")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    err = result.stderr
+    assert result.returncode == 0, err[-3000:]
+    assert (tmp_path / "run" / "wandb").is_dir()  # W&B did log
+    for noise in ("anonymous", "litlogger", "LOAD REPORT", "Traceback", "wandb: WARNING"):
+        assert noise not in err, (noise, err)

@@ -25,6 +25,9 @@ LOG_LINES: list[tuple[str, str, str]] = [
     ("lightning.pytorch.utilities.rank_zero", "try installing [litlogger]", "an advertisement"),
 ]
 
+# Not filtered but avoided where it starts (wandb prints it itself, past logging and warnings): W&B's "The anonymous
+# setting has no effect", caused by Lightning passing `anonymous=None`; `ftl.reports.loggers._start` drops it.
+
 # transformers' LOAD REPORT lists weights that were not in the pretrained checkpoint. For a fresh task head
 # (ftl's fine-tuning always starts one, and a checkpoint load fills it right after) that is expected; a report
 # that names any other weight is a real problem and passes.

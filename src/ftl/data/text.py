@@ -333,7 +333,7 @@ class TextDataModule(L.LightningDataModule):
         import datasets
 
         datasets.utils.logging.disable_progress_bar()
-        cache = str(self.cache_dir / "raw")
+        cache = str(self._writable(self.cache_dir / "raw"))
         if self.data_dir and not self.data_files and (Path(self.data_dir).expanduser() / "dataset_dict.json").is_file():
             loaded = datasets.load_from_disk(str(Path(self.data_dir).expanduser()))  # a `save_to_disk` folder
         elif self.data_files or self.data_dir:
@@ -370,6 +370,21 @@ class TextDataModule(L.LightningDataModule):
         if not isinstance(loaded, datasets.DatasetDict):
             loaded = datasets.DatasetDict({"train": loaded})
         return self._normalise_split_names(loaded)
+
+    @staticmethod
+    def _writable(folder: Path) -> Path:
+        """The data cache folder, made if need be; one line naming it when it cannot be written (instead of a
+        traceback from deep inside `datasets`)."""
+        import tempfile
+
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise FTLError(f"cannot write the data cache '{folder}' ({err.strerror or type(err).__name__}): set "
+                           "--data.cache_dir (or FTL_CACHE) to a writable folder") from None
+        return folder
 
     def _hub_error(self, err: Exception) -> str:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -531,8 +546,7 @@ class TextDataModule(L.LightningDataModule):
         key = self._cache_key(split)
         if split in self._tokenized:  # prepare_data already did it in this process
             return self._tokenized[split]
-        folder = self.cache_dir / "tokenized"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._writable(self.cache_dir / "tokenized")
         tokenized = ds.map(
             self._tokenize_batch,
             batched=True,
@@ -585,8 +599,8 @@ class TextDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """Saved in every checkpoint: how far training is into its epoch. A checkpoint taken mid-epoch (ftl
         saves `last.ckpt` after the current step on Ctrl-C) then resumes with the next batch of that epoch's
-        seeded order instead of starting the epoch over (Lightning does this only for loaders that keep a state,
-        and counting in the loader would be off by what it has prefetched)."""
+        seeded order instead of starting the epoch over (Lightning resumes mid-epoch only loaders that keep a
+        state, and batches counted in a loader would be off by what its workers have prefetched)."""
         trainer = getattr(self, "trainer", None)
         if trainer is None or not trainer.training:
             return {}

@@ -88,6 +88,10 @@ def wandb_loggers(trainer: L.Trainer | None) -> list[WandbLogger]:
 
 def _start(logger: WandbLogger) -> Any:
     """The logger's wandb run, started now; online failures fall back to offline, then to no W&B at all."""
+    if logger._wandb_init.get("anonymous", 0) is None:
+        # Lightning passes `anonymous=None` when unset, and wandb >= 0.19 warns that the setting "has no effect"
+        # whenever it is passed at all: not passing it is the same run without the line
+        del logger._wandb_init["anonymous"]
     try:
         return logger.experiment
     except Exception as err:  # noqa: BLE001 - wandb raises many types (UsageError, CommError, timeouts)
