@@ -157,3 +157,29 @@ def test_a_killed_fit_resumes_to_the_unbroken_runs_results(fault, tmp_path, tiny
     assert (broken / "hf_model" / "config.json").is_file()
     assert_nothing_half_written(broken)
     assert snapshot(earlier) == before  # the earlier run was never touched
+
+
+# EarlyStopping that stops at the first validation (val/loss is always under 100), with room for 4 epochs
+EARLY_STOP = ("--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping", "--trainer.callbacks.monitor",
+              "val/loss", "--trainer.callbacks.stopping_threshold", "100", "--trainer.max_epochs", "4")
+
+
+def test_a_run_that_stopped_early_and_was_killed_during_test_resumes_without_training_more(
+        tmp_path, tiny_data_dir, tiny_bert, cli):
+    import torch
+
+    cli(*fit_args(tiny_data_dir, tiny_bert, tmp_path / "unbroken", *EARLY_STOP))
+    (unbroken_run,) = (tmp_path / "unbroken" / "task").iterdir()
+    steps = torch.load(unbroken_run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert steps == 8  # one epoch of 8 steps, then the stop
+
+    root = tmp_path / "runs"
+    env = dict(os.environ, FTL_TEST_FAULT="SIGKILL:test", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "ftl", *fit_args(tiny_data_dir, tiny_bert, root, *EARLY_STOP),
+               "--trainer.callbacks+=tests.test_faults.Fault"]
+    killed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    cli(*fit_args(tiny_data_dir, tiny_bert, root, *EARLY_STOP, "--ckpt_path", "last"))
+    (run,) = (root / "task").iterdir()
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == steps  # no more
+    assert quality(run) == pytest.approx(quality(unbroken_run), abs=1e-6)
