@@ -97,6 +97,11 @@ def test_a_task_from_the_docs_gets_metrics_records_in_data_order_summary_and_plo
     predicted = [float(r["predicted_score"]) for r in records]
     mse = sum((p - float(r["score"])) ** 2 for p, r in zip(predicted, records, strict=True)) / len(records)
     assert metrics["test/mse"] == pytest.approx(mse, rel=1e-4)  # the logged metric is the records' own
+    # the per-row `metrics` of the docs' records give the user's own metric a confidence interval
+    assert metrics["test/mse_ci_low"] < metrics["test/mse"] < metrics["test/mse_ci_high"]
+    assert "test/pearson_ci_low" not in metrics  # not a mean over rows: no interval
+    assert [float(r["mse"]) for r in records] == pytest.approx(
+        [(p - float(r["score"])) ** 2 for p, r in zip(predicted, records, strict=True)], rel=1e-5)
     assert "val/loss" in metrics and (run_dir / "checkpoints" / "last.ckpt").is_file()
     summary = (run_dir / "summary.md").read_text()
     assert "my_lab.tasks.PairRegressor" in summary and "my_lab.tasks.PairScoreData" in summary
@@ -147,6 +152,9 @@ def test_predict_and_compare_work_for_a_task_from_the_docs(pair_run, tmp_path):
     assert result["test_rows"] == 24 and "test/mse" in result["before"]
     text = (tmp_path / "c" / "compare.md").read_text()
     assert "Accuracy on" not in text and "task head" not in text  # no labels here, and no new head wording
+    mse_row = next(r for r in result["rows"] if r["metric"] == "test/mse")
+    assert mse_row["test"] == "permutation" and mse_row["change_ci_low"] <= mse_row["change"] <= mse_row[
+        "change_ci_high"] and mse_row["verdict"] in ("better", "worse", "no_difference")
 
 
 def test_wandb_gets_the_records_of_a_task_from_the_docs(pair_run):
@@ -155,10 +163,11 @@ def test_wandb_gets_the_records_of_a_task_from_the_docs(pair_run):
     run_dir, data, _ = pair_run
     folder, stored = offline_run(run_dir)
     table = wandb_table(folder, "test/predictions")
-    assert table["columns"] == ["text_a", "text_b", "score", "predicted_score"]
+    assert table["columns"] == ["text_a", "text_b", "score", "predicted_score", "mse"]  # mse: the row's own
     assert [row[0] for row in table["data"]] == [r["text_a"] for r in read_csv(data / "test.csv")]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert stored["summary"]["test/mse"] == pytest.approx(metrics["test/mse"])
+    assert stored["summary"]["test/mse_ci_high"] == pytest.approx(metrics["test/mse_ci_high"])  # with its interval
 
 
 def test_a_task_from_the_docs_resumes(pair_run):
@@ -205,6 +214,8 @@ def test_multilabel_example_runs_through_the_cli_with_per_label_f1(multilabel_ru
         assert 0.0 <= metrics[f"test/f1/{name}"] <= 1.0
     for key in ("test/f1_macro", "test/f1_micro", "test/exact_match", "test/loss"):
         assert key in metrics
+    for key in ("test/exact_match", "test/accuracy", "test/loss"):  # means over rows: with intervals
+        assert metrics[f"{key}_ci_low"] <= metrics[key] + 1e-9 and metrics[key] <= metrics[f"{key}_ci_high"] + 1e-9
     per_label = [metrics[f"test/f1/{name}"] for name in LABELS]
     assert metrics["test/f1_macro"] == pytest.approx(sum(per_label) / len(per_label), abs=1e-6)
     assert (multilabel_run / "checkpoints" / "last.ckpt").is_file()

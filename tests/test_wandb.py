@@ -105,6 +105,13 @@ def test_offline_run_has_test_tables_and_confusion_matrix(wandb_run, tiny_data_d
         assert recall == pytest.approx(metrics[f"test/recall/{name}"])
         assert support == sum(r["label_name"] == name for r in rows)
 
+    # every test metric with its 95% interval, as in metrics.json
+    table = {row[1]: row for row in wandb_table(folder, "test/metrics")["data"]}
+    for key in ("test/accuracy", "test/f1_macro", "test/loss", "test/ece"):
+        name, _, value, low, high = table[key]
+        assert (value, low, high) == pytest.approx((metrics[key], metrics[key + "_ci_low"], metrics[key + "_ci_high"]))
+    assert table["test/accuracy"][0] == "Accuracy" and table["test/runtime"][3] is None
+
     matrix = wandb_table(folder, "test/confusion_matrix_table")
     counts = {(actual, predicted): n for actual, predicted, n in matrix["data"]}
     assert sum(counts.values()) == len(rows)

@@ -148,6 +148,7 @@ class SequenceClassifier(TaskModule):
         label_counts: list[int] | None = None,
         decision_threshold: float | None = None,
         tune_threshold: ThresholdMethod | None = None,
+        calibration: Literal["temperature"] | None = None,
         **kwargs: Any,
     ) -> None:
         """
@@ -162,11 +163,18 @@ class SequenceClassifier(TaskModule):
             tune_threshold: binary tasks: "f1" or "youden": after each validation, the threshold that maximises
                 it on the validation split; validation metrics use it, it is logged (`val/threshold`), saved in
                 checkpoints and used for test and predict (`test/threshold` in metrics.json).
+            calibration: "temperature": after each validation, fit one temperature T on the validation split
+                (LBFGS on the NLL of softmax(logits / T)); it is logged (`val/temperature`), saved in checkpoints
+                and divides the logits at test, predict and in the export (folded into the output layer), so
+                probabilities are calibrated and the predicted labels unchanged. `test/ece_unscaled` keeps
+                the ECE before scaling. Not with a decision threshold (it was chosen on unscaled probabilities).
         """
         super().__init__(pretrained=pretrained, **kwargs)
         self.register_buffer("class_weight", self._class_weight_tensor(), persistent=False)
         self.threshold = self._initial_threshold()
         self._val_scores: list[torch.Tensor] = []
+        self.temperature: float | None = self._initial_temperature()
+        self._val_logits: list[torch.Tensor] = []
         metrics = classification_metrics(num_labels)
         # One attribute per stage (a ModuleDict cannot hold the key "train": nn.Module.train exists).
         self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone() for _ in STAGES)
@@ -176,6 +184,7 @@ class SequenceClassifier(TaskModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_confusion = MulticlassConfusionMatrix(num_labels)
         self.test_ece, self.test_brier = calibration_metrics(num_labels)
+        self.test_ece_unscaled = calibration_metrics(num_labels)[0]
 
     def model_kwargs(self) -> dict[str, Any]:
         return head_kwargs(self.label_names, self.hparams.classifier_dropout)
@@ -214,17 +223,56 @@ class SequenceClassifier(TaskModule):
             raise FTLError(f"decision_threshold must be a probability in [0, 1], got {threshold}")
         return threshold
 
+    def _initial_temperature(self) -> float | None:
+        hp = self.hparams
+        if hp.calibration is None:
+            return None
+        if hp.decision_threshold is not None or hp.tune_threshold is not None:
+            raise FTLError("calibration: temperature changes the probabilities a decision threshold was chosen on: "
+                           "use calibration or decision_threshold/tune_threshold, not both")
+        return 1.0
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # kept beside the weights (not a buffer) so checkpoints written before thresholds existed still load
         checkpoint["ftl_threshold"] = self.threshold
+        checkpoint["ftl_temperature"] = self.temperature
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get("ftl_threshold") is not None:
             self.threshold = float(checkpoint["ftl_threshold"])
+        if checkpoint.get("ftl_temperature") is not None and self.hparams.get("calibration"):
+            self.temperature = float(checkpoint["ftl_temperature"])
 
     def export_config(self) -> dict[str, Any]:
-        # for the record: pipelines use argmax
-        return {} if self.threshold is None else {"ftl_decision_threshold": float(self.threshold)}
+        # for the record: pipelines use argmax; a temperature is already folded into the exported weights
+        out: dict[str, Any] = {} if self.threshold is None else {"ftl_decision_threshold": float(self.threshold)}
+        if self.temperature is not None:
+            out["ftl_temperature"] = float(self.temperature)
+        return out
+
+    def exported_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model to export with the temperature folded in: the output layer's weight and bias divided by T,
+        so the exported logits are `logits / T` and a pipeline's probabilities are the calibrated ones."""
+        if self.temperature is None or self.temperature == 1.0:
+            return model
+        import copy
+
+        if model is self.model:
+            model = copy.deepcopy(model)
+        k = len(self.label_names)
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == k]
+        if not head:
+            raise FTLError(f"no output layer with {len(self.label_names)} outputs to fold the temperature into: "
+                           "export without calibration")
+        with torch.no_grad():
+            head[-1].weight.div_(self.temperature)
+            if head[-1].bias is not None:
+                head[-1].bias.div_(self.temperature)
+        return model
+
+    def scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits divided by the fitted temperature (unchanged without calibration)."""
+        return logits if self.temperature is None else logits / self.temperature
 
     # ------------------------------------------------------------------ loss and decisions
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -242,6 +290,11 @@ class SequenceClassifier(TaskModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch)
         labels = batch["labels"]
+        if stage == "val" and self.temperature is not None:  # the temperature is fitted on these
+            self._val_logits.append(torch.cat([logits.detach().float(), labels[:, None].float()], dim=1))
+        if stage == "test":
+            self._unscaled_probs = logits.detach().float().softmax(-1)
+            logits = self.scaled(logits)
         loss = self.loss(logits, labels)
         if self._tuning(stage):  # metrics wait for the threshold chosen on the whole split
             probs = logits.detach().float().softmax(-1)[:, 1]
@@ -290,13 +343,15 @@ class SequenceClassifier(TaskModule):
         self.test_confusion.update(self.predict_labels(logits), batch["labels"])
         probs = logits.detach().float().softmax(-1)
         self.test_ece.update(probs, batch["labels"])
+        if self.temperature is not None:
+            self.test_ece_unscaled.update(self._unscaled_probs, batch["labels"])
         self.test_brier.update(brier_scores(probs, batch["labels"]))
         # full-precision probabilities, and the model's own decisions (threshold included)
         self.add_records(batch, self._rows_from_logits(logits, batch["labels"], digits=None))
 
     def predict_records(self, batch: dict[str, torch.Tensor]) -> list[Record]:
         """The predicted label name and the probability of every label, per row."""
-        return self._rows_from_logits(self(batch), None, digits=6)
+        return self._rows_from_logits(self.scaled(self(batch)), None, digits=6)
 
     def outputs_for(self, records: list[Record]) -> TaskOutputs:
         outputs = super().outputs_for(records)
@@ -320,11 +375,34 @@ class SequenceClassifier(TaskModule):
                           sync_dist=False)
             self.test_ece.reset()
             self.test_brier.reset()
+            if self.temperature is not None:
+                self.log_dict({"test/ece_unscaled": self.test_ece_unscaled.compute(),
+                               "test/temperature": float(self.temperature)}, sync_dist=False)
+                self.test_ece_unscaled.reset()
+        if stage == "val" and self.temperature is not None:
+            self._fit_temperature()
         if stage == "test" and self.threshold is not None:
             self.log("test/threshold", float(self.threshold), sync_dist=False)
 
     def on_validation_epoch_start(self) -> None:
         self._val_scores = []
+        self._val_logits = []
+
+    def _fit_temperature(self) -> None:
+        """One temperature for the model as it is now, from every rank's validation logits (see `calibration`)."""
+        from ftl.reports.stats import fit_temperature
+
+        k = len(self.label_names)
+        local = torch.cat(self._val_logits) if self._val_logits else torch.zeros(0, k + 1, device=self.device)
+        rows = _gather(local).cpu().double()
+        self._val_logits = []
+        if len(rows) == 0:
+            return
+        logits, labels = rows[:, :k], rows[:, k].long()
+        self.temperature = fit_temperature(logits.numpy(), labels.numpy())
+        nll = float(F.cross_entropy(logits / self.temperature, labels))
+        if self._trainer is not None:
+            self.log_dict({"val/temperature": self.temperature, "val/nll_scaled": nll}, sync_dist=False)
 
     def _tune_threshold(self) -> None:
         """Choose the threshold on every rank's validation rows, then score this rank's rows with it."""

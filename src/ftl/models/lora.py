@@ -137,8 +137,10 @@ def export_model(module_or_model: nn.Module) -> nn.Module:
 
     Accepts a LightningModule holding the HF model as `.model` (every ftl module does) or the model itself.
     """
-    model = getattr(module_or_model, "model", module_or_model)
-    return merged_copy(model)
+    model = merged_copy(getattr(module_or_model, "model", module_or_model))
+    # a task may change the exported weights (the classifier folds its calibration temperature into its head)
+    fold = getattr(module_or_model, "exported_model", None)
+    return fold(model) if callable(fold) else model
 
 
 def log_parameter_counts(module: Any) -> tuple[int, int]:

@@ -144,6 +144,20 @@ def _runs(trainer: L.Trainer | None) -> list[Any]:
 
 
 # ---------------------------------------------------------------------------------------------- test tables
+def metric_table(metrics: dict[str, Any], label_names: list[str]) -> list[list[Any]]:
+    """Every test metric with its 95% interval (None where it has none), in the reading order of the tables."""
+    from ftl.reports.tables import CI_HIGH, CI_LOW, metric_rows
+
+    def number(key: str) -> float | None:
+        value = metrics.get(key)
+        if value is None:
+            return None
+        return float(value.item() if hasattr(value, "item") else value)
+
+    return [[name, key, number(key), number(key + CI_LOW), number(key + CI_HIGH)]
+            for key, name in metric_rows(list(metrics), "test", label_names or None) if number(key) is not None]
+
+
 def test_tables(outputs: TaskOutputs, metrics: dict[str, Any], max_rows: int = MAX_TABLE_ROWS
                 ) -> dict[str, tuple[list[str], list[list[Any]]]]:
     """Per-class metrics and sample predictions of a finished test, as (columns, rows) per table name, from the
@@ -151,6 +165,9 @@ def test_tables(outputs: TaskOutputs, metrics: dict[str, Any], max_rows: int = M
     written; JSONL records (generated answers) are sent from the run directory by `log_run_files`."""
     names = list(outputs.label_names or [])
     tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
+    summary = metric_table(metrics, names)
+    if summary:
+        tables["test/metrics"] = (["metric", "key", "value", "ci_low", "ci_high"], summary)
     if not names:
         if outputs.records and outputs.records_format == "csv":
             rows = outputs.rows()[:max_rows]
@@ -192,7 +209,11 @@ class WandbReport(L.Callback):
         runs = _runs(trainer) if trainer.is_global_zero else []
         outputs = pl_module.test_outputs if isinstance(pl_module, TaskModule) else None
         if runs and outputs is not None:
-            _guarded("test tables", self._log_tables, runs, outputs, trainer.callback_metrics)
+            # metrics.json holds the intervals (written by RunOutputs, which runs first)
+            path = Path(trainer.default_root_dir) / "metrics.json"
+            saved = json.loads(path.read_text()) if path.is_file() else {}
+            metrics = {**{k: v for k, v in saved.items() if k.startswith("test/")}, **trainer.callback_metrics}
+            _guarded("test tables", self._log_tables, runs, outputs, metrics)
 
     def _log_tables(self, runs: list[Any], outputs: TaskOutputs, metrics: dict[str, Any]) -> None:
         import wandb
