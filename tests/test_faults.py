@@ -183,3 +183,27 @@ def test_a_run_that_stopped_early_and_was_killed_during_test_resumes_without_tra
     (run,) = (root / "task").iterdir()
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == steps  # no more
     assert quality(run) == pytest.approx(quality(unbroken_run), abs=1e-6)
+
+
+def test_ctrl_c_inside_a_gradient_accumulation_window_saves_after_the_window_and_resumes_exactly(
+        tmp_path, tiny_data_dir, tiny_bert, cli):
+    """With 2 batches per optimizer step, a Ctrl-C after the third batch (half a step) waits for the fourth: a
+    checkpoint never holds half-accumulated gradients, and the resumed run ends as the unbroken one."""
+    import torch
+
+    accumulate = ("--trainer.accumulate_grad_batches", "2")
+    cli(*fit_args(tiny_data_dir, tiny_bert, tmp_path / "unbroken", *accumulate))
+    (unbroken_run,) = (tmp_path / "unbroken" / "task").iterdir()
+
+    root = tmp_path / "runs"
+    env = dict(os.environ, FTL_TEST_FAULT="SIGINT:mid_epoch", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "ftl", *fit_args(tiny_data_dir, tiny_bert, root, *accumulate),
+               "--trainer.callbacks+=tests.test_faults.Fault"]
+    killed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 130, killed.stderr[-3000:]
+    (run,) = (root / "task").iterdir()
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 4 + 2  # 4 optimizer steps in epoch 1, then batches 3-4 of epoch 2: one step
+    cli(*fit_args(tiny_data_dir, tiny_bert, root, *accumulate, "--ckpt_path", "last"))
+    assert quality(run) == pytest.approx(quality(unbroken_run), abs=1e-6)
+    assert (run / "test_predictions.csv").read_text() == (unbroken_run / "test_predictions.csv").read_text()
