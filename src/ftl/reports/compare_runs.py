@@ -52,17 +52,16 @@ def compare_runs(run_dirs: list[str | Path], baseline: str | Path | None = None,
         check_paired(base_rows, rows, f"baseline '{_name(base)}'", f"run '{_name(run)}'")
         side.append((run, rows, _metrics(run)))
     labels = base_rows.label_names
-    keys = [key for key, _ in metric_rows(list(dict.fromkeys([*base_metrics, *(k for _, _, m in side for k in m)])),
-                                          "test", labels)]
-    names = dict(metric_rows(keys, "test", labels))
+    # (key, name) pairs: a metric may be shown twice ("Accuracy on X" is "Recall (X)")
+    shown = metric_rows(list(dict.fromkeys([*base_metrics, *(k for _, _, m in side for k in m)])), "test", labels)
     table: list[dict[str, Any]] = []
     for run, rows, metrics in side:
         changes = paired_changes(base_rows, rows, resamples)
-        for key in keys:
+        for key, name in shown:
             b, a = base_metrics.get(key), metrics.get(key)
             change = a - b if a is not None and b is not None else None
             paired = changes.get(key.split("/", 1)[1]) if change is not None else None
-            table.append({"metric": key, "name": names[key], "run": str(run), "baseline_value": b, "value": a,
+            table.append({"metric": key, "name": name, "run": str(run), "baseline_value": b, "value": a,
                           "change": change, "change_ci_low": getattr(paired, "low", None),
                           "change_ci_high": getattr(paired, "high", None),
                           "p_value": getattr(paired, "p_value", None), "test": getattr(paired, "test", None)})
@@ -76,7 +75,8 @@ def compare_runs(run_dirs: list[str | Path], baseline: str | Path | None = None,
         row["verdict"] = verdict(row["change"], p_holm, row["metric"]) if row["change"] is not None else None
     all_runs = [base] + [run for run, _, _ in side if run.resolve() != base.resolve()]
     all_metrics = [base_metrics] + [m for run, _, m in side if run.resolve() != base.resolve()]
-    spread = {key: across_runs([m.get(key) for m in all_metrics]) for key in keys} if len(all_runs) >= 2 else {}
+    # mean, std and t interval across runs: with three or more (with two, the t interval has one degree of freedom)
+    spread = {key: across_runs([m.get(key) for m in all_metrics]) for key in dict(shown)} if len(all_runs) >= 3 else {}
     return {"baseline": str(base), "runs": [str(r) for r in all_runs], "test_rows": len(base_rows),
             "label_names": labels, "ci_resamples": resamples, "rows": table, "metrics": {
                 str(run): m for run, m in zip(all_runs, all_metrics, strict=True)}, "across_runs": spread}
@@ -101,7 +101,7 @@ def render_runs(result: dict[str, Any]) -> str:
     lines += [markdown_table(["Metric", "Run", "Baseline", "Run's value", "Change", "p (Holm)", "Verdict"], rows,
                              align="llrrrrl"), "", RUNS_NOTE + " Values: [95% bootstrap interval over the test rows]."]
     spread = result.get("across_runs") or {}
-    if spread and len(result["runs"]) >= 2:
+    if spread:
         lines += ["", f"## Across the {len(result['runs'])} runs", "",
                   markdown_table(["Metric", "Mean", "Std", "95% CI of the mean (t)"], [
                       [dict(metric_rows([k], "test", result.get("label_names")))[k], format_value(k, s["mean"]),

@@ -31,6 +31,9 @@ CONFIDENCE = 0.95
 ALPHA = 0.05
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0  # bootstrap and permutation draws are seeded: the same rows give the same intervals
+# Permutations per paired test (at least): a permutation p-value is never below 1/(N+1), and Holm multiplies the
+# smallest p by the number of tests (~15 for a binary table), so 1,000 would floor every verdict at ~0.015.
+MIN_PERMUTATIONS = 9999
 ECE_BINS = 15
 LOWER_IS_BETTER = ("loss", "perplexity", "ece", "brier")
 # 5e6 float64 counts (40 MB) per chunk of resamples, whatever the number of rows
@@ -265,11 +268,11 @@ def check_paired(a: Rows, b: Rows, name_a: str = "A", name_b: str = "B") -> None
 
 
 def paired_changes(a: Rows, b: Rows, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-                   confidence: float = CONFIDENCE) -> dict[str, Change]:
+                   confidence: float = CONFIDENCE, permutations: int | None = None) -> dict[str, Change]:
     """Change B - A of every metric both have, on the same rows: a paired bootstrap interval (the same resampled
     rows for both models) and a p-value: exact McNemar for accuracy, a paired permutation test (each row's two
-    outputs swapped at random, `resamples` times) for every other metric. Without resamples, only accuracy
-    gets a p-value and no metric an interval."""
+    outputs swapped at random, `permutations` times: default the larger of `resamples` and 9,999) for every
+    other metric. Without resamples, only accuracy gets a p-value and no metric an interval."""
     check_paired(a, b)
     shared = [name for name in a.values if name in b.values]
     cols_a, metrics = columns_and_metrics(a, shared)
@@ -297,16 +300,17 @@ def paired_changes(a: Rows, b: Rows, resamples: int = DEFAULT_RESAMPLES, seed: i
             low, high = np.percentile(np.concatenate(diffs[key]), [tail, 100 - tail])
             intervals[key] = (float(low), float(high))
         # paired permutation: under "no difference" each row's two outputs are exchangeable
+        permutations = max(resamples, MIN_PERMUTATIONS) if permutations is None else permutations
         delta = xb - xa
         total_a, total_b = xa.sum(0), xb.sum(0)
         extreme = {key: 0 for key in keys}
-        for size in _chunks(n, resamples):
+        for size in _chunks(n, permutations):
             swap = (rng.random((size, n)) < 0.5).astype(float) @ delta
             va, vb = _evaluate(metrics, names, total_a + swap), _evaluate(metrics, names, total_b - swap)
             for key in keys:
                 tolerance = 1e-12 * max(1.0, abs(observed[key]))
                 extreme[key] += int(np.sum(np.abs(vb[key] - va[key]) >= abs(observed[key]) - tolerance))
-        p_values = {key: (1 + extreme[key]) / (1 + resamples) for key in keys}
+        p_values = {key: (1 + extreme[key]) / (1 + permutations) for key in keys}
     out = {}
     for key in keys:
         low, high = intervals.get(key, (None, None))
