@@ -208,3 +208,30 @@ def test_unpaired_rows_are_refused_in_one_line():
     c.keys = [f"other{i}" if i < 7 else key for i, key in enumerate(a.keys)]
     with pytest.raises(FTLError, match="differ in 7 of 50 test rows"):
         paired_changes(a, c)
+
+
+def test_rows_from_the_task_contract_and_back_from_json():
+    from ftl.models.outputs import ConfusionMatrix, Record, TaskOutputs
+    from ftl.reports.records import rows_from_json, rows_from_outputs, rows_to_json
+
+    records = [Record(index=i, inputs={"text": f"t{i}"}, reference=ref, prediction=pred,
+                      scores={"prob_a": pa, "prob_b": 1 - pa}, metrics={"loss": loss})
+               for i, (ref, pred, pa, loss) in enumerate([("a", "a", 0.9, 0.1), ("b", "a", 0.6, 0.9),
+                                                           ("b", "b", 0.2, 0.2)])]
+    square = ConfusionMatrix(rows=["a", "b"], columns=["a", "b"], counts=[[1, 0], [1, 1]])
+    rows = rows_from_outputs(TaskOutputs(records=records, label_names=["a", "b"], confusion_matrix=square))
+    assert rows.y.tolist() == [0, 1, 1] and rows.p.tolist() == [0, 0, 1]
+    assert rows.probs[:, 0].tolist() == [0.9, 0.6, 0.2] and rows.values["loss"].tolist() == [0.1, 0.9, 0.2]
+    assert point_values(rows)["accuracy"] == pytest.approx(2 / 3)
+    assert len(set(rows.keys)) == 3  # one identity per row: its inputs and reference
+    again = rows_from_json(rows_to_json(rows))
+    assert again.keys == rows.keys and point_values(again) == pytest.approx(point_values(rows))
+    # a multi-label task (per-label confusion matrix) whose rows hold one label each: no single-label metrics
+    per_label = ConfusionMatrix(rows=["a", "b"], columns=["tn", "fp", "fn", "tp"], counts=[[1, 0, 0, 2], [2, 0, 1, 0]])
+    multi = rows_from_outputs(TaskOutputs(records=records, label_names=["a", "b"], confusion_matrix=per_label))
+    assert multi.y is None and "precision_macro" not in point_values(multi) and "loss" in point_values(multi)
+    # a row without a value (an answer not generated) is left out of that metric only
+    partial = [Record(index=0, reference="x", prediction="y", metrics={"loss": 1.0, "rouge1": 0.5}),
+               Record(index=1, reference="z", prediction=None, metrics={"loss": 3.0}, weights={"loss": 3.0})]
+    values = point_values(rows_from_outputs(TaskOutputs(records=partial)))
+    assert values["rouge1"] == pytest.approx(0.5) and values["loss"] == pytest.approx((1 + 9) / 4)

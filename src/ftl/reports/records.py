@@ -43,7 +43,10 @@ def rows_from_outputs(outputs: TaskOutputs) -> Rows:
     records = outputs.records
     names = [str(n) for n in outputs.label_names] if outputs.label_names else None
     rows = Rows(keys=[row_key(r.inputs, r.reference) for r in records], label_names=None)
-    if names and records:
+    # single-label: a square confusion matrix (or none) and every reference and prediction a label name; a
+    # multi-label task whose rows happen to hold one label each is not mistaken for one
+    single = outputs.confusion_matrix is None or outputs.confusion_matrix.square
+    if names and records and single:
         y = _label_ids([r.reference for r in records], names)
         p = _label_ids([r.prediction for r in records], names)
         if y is not None and p is not None:
