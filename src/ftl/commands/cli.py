@@ -76,7 +76,7 @@ class FTLCLI(LightningCLI):
             seed_everything_default=42,
             save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [RunOutputs(), PredictionWriter(), WandbReport(), Throughput(), RunSummary(),
+            trainer_defaults={"callbacks": [RunOutputs(), PredictionWriter(), WandbReport(), RunSummary(),
                                             Plots(), HFExport(), ResumeRandomState(), self._speedups,
                                             SaveOnInterrupt(), self._progress_lines]},
             auto_configure_optimizers=False,
@@ -111,6 +111,7 @@ class FTLCLI(LightningCLI):
         parser.add_lightning_class_args(CISettings, "statistics")  # the trainer callback that carries it
         parser.link_arguments("ci_resamples", "statistics.resamples")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Throughput, "throughput")  # --throughput.peak_tflops, for MFU
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",

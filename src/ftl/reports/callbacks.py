@@ -240,48 +240,85 @@ def batch_rows(batch: Any) -> int:
 
 
 class Throughput(L.Callback):
-    """Logs `<stage>/runtime` (s), `<stage>/samples_per_sec` and `<stage>/steps_per_sec` for train, val and test,
-    so they reach every logger, metrics.csv and metrics.json.
+    """Logs, for train, val and test: `<stage>/runtime` (s), `samples_per_sec`, `steps_per_sec`, `tokens_per_sec`
+    (non-padding tokens), `tflops` (achieved model TFLOP/s) and, where the device's peak is known, `mfu` (model
+    FLOPs utilisation, 0-1), so they reach every logger, metrics.csv and metrics.json. FLOPs and peaks:
+    `ftl.reports.flops`.
 
     Defined as Hugging Face Trainer defines `train_runtime`/`eval_samples_per_second`, so numbers compare with
     reference runs: train runtime is the wall clock of the training loop so far (validation included; logged
-    at every epoch end), train steps are optimizer steps, samples count every row seen (times the number of
-    processes); an evaluation's runtime is one pass over its split, its steps are batches.
+    at every epoch end), train steps are optimizer steps, samples and tokens count every row seen (times the
+    number of processes); an evaluation's runtime is one pass over its split, its steps are batches. Train
+    `tflops` and `mfu` leave the validation passes out of the time: they measure the training computation.
     Hand-written because Lightning's ThroughputMonitor reports rolling per-step windows, not per-stage totals.
+
+    Args:
+        peak_tflops: the peak TFLOP/s of one device at the run's precision, for MFU where ftl's table (Lightning's,
+            by GPU name) has none, e.g. 989 for an H100 SXM in bf16; CPUs have no entry.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, peak_tflops: float | None = None) -> None:
+        self.peak_tflops = peak_tflops
         self._start: dict[str, float] = {}
         self._samples: dict[str, int] = {}
         self._steps: dict[str, int] = {}
+        self._tokens: dict[str, Any] = {}
+        self._flops: dict[str, Any] = {}
+        self._shape: tuple[int, int, int, int] | None = None
         self._first_step = 0
+        self._validating = 0.0  # seconds of validation inside the training loop so far
 
-    def _begin(self, stage: str) -> None:
+    def _begin(self, stage: str, pl_module: L.LightningModule) -> None:
+        from ftl.reports.flops import transformer_shape
+
         self._start[stage], self._samples[stage], self._steps[stage] = time.perf_counter(), 0, 0
+        self._tokens[stage], self._flops[stage] = 0, 0.0
+        # the outermost module with a transformers config: the model (or its LoRA wrapper) the task trains
+        model = next((m for m in pl_module.modules() if hasattr(m, "config") and m is not pl_module), None)
+        self._shape = transformer_shape(model) if model is not None else None
 
     def _count(self, stage: str, batch: Any) -> None:
-        if stage in self._start:
-            self._samples[stage] += batch_rows(batch)
-            self._steps[stage] += 1
+        if stage not in self._start:
+            return
+        from ftl.reports.flops import batch_length, batch_tokens, flops_per_token
+
+        self._samples[stage] += batch_rows(batch)
+        self._steps[stage] += 1
+        tokens = batch_tokens(batch)
+        self._tokens[stage] = self._tokens[stage] + tokens
+        if self._shape is not None:
+            per_token = flops_per_token(self._shape, batch_length(batch), training=stage == "train")
+            self._flops[stage] = self._flops[stage] + tokens * per_token
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, steps: int | None = None) -> None:
         if stage not in self._start:
             return
+        from ftl.reports.flops import peak_flops
+
         seconds = max(time.perf_counter() - self._start[stage], 1e-9)
         samples = self._samples[stage] * trainer.world_size
         steps = self._steps[stage] if steps is None else steps
-        pl_module.log_dict({f"{stage}/runtime": seconds, f"{stage}/samples_per_sec": samples / seconds,
-                            f"{stage}/steps_per_sec": steps / seconds}, on_step=False, on_epoch=True)
-        self._last = (stage, samples, seconds)
+        tokens, flops = (float(value) * trainer.world_size for value in (self._tokens[stage], self._flops[stage]))
+        values = {f"{stage}/runtime": seconds, f"{stage}/samples_per_sec": samples / seconds,
+                  f"{stage}/steps_per_sec": steps / seconds, f"{stage}/tokens_per_sec": tokens / seconds}
+        if self._shape is not None:
+            computing = max(seconds - (self._validating if stage == "train" else 0.0), 1e-9)
+            values[f"{stage}/tflops"] = flops / computing / 1e12
+            peak = peak_flops(pl_module.device, trainer.precision, self.peak_tflops)
+            if peak:
+                values[f"{stage}/mfu"] = flops / computing / (peak * trainer.world_size)
+        pl_module.log_dict(values, on_step=False, on_epoch=True)
+        self._last = (stage, samples, seconds, tokens)
 
     def _say(self, trainer: L.Trainer) -> None:
-        stage, samples, seconds = getattr(self, "_last", (None, 0, 0.0))
+        stage, samples, seconds, tokens = getattr(self, "_last", (None, 0, 0.0, 0.0))
         if stage and trainer.is_global_zero:
-            print(f"ftl: {stage}: {samples:,} samples in {seconds:.1f} s ({samples / seconds:.2f} samples/s)")
+            print(f"ftl: {stage}: {samples:,} samples in {seconds:.1f} s ({samples / seconds:.2f} samples/s, "
+                  f"{tokens / seconds:,.0f} tokens/s)")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._begin("train")
-        self._first_step = trainer.global_step
+        self._begin("train", pl_module)
+        self._first_step, self._validating = trainer.global_step, 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._count("train", batch)
@@ -294,7 +331,7 @@ class Throughput(L.Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._begin("val")
+            self._begin("val", pl_module)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not trainer.sanity_checking:
@@ -303,10 +340,12 @@ class Throughput(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._log(trainer, pl_module, "val")
+            if "train" in self._start:
+                self._validating += time.perf_counter() - self._start["val"]
             self._start.pop("val", None)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._begin("test")
+        self._begin("test", pl_module)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._count("test", batch)
