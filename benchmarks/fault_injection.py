@@ -22,13 +22,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTS = ["SIGINT:mid_epoch", "SIGKILL:mid_epoch", "SIGKILL:checkpoint_write", "SIGKILL:test", "SIGINT:test"]
-WALL_CLOCK = ("/runtime", "/samples_per_sec", "/steps_per_sec")
+WALL_CLOCK = ("/runtime", "/samples_per_sec", "/steps_per_sec", "/tokens_per_sec", "/tflops", "/mfu")
 
 
 def fit(root: Path, name: str, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "ftl", "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
                "--runs_root", str(root), "--run_name", name, "--progress_every", "600", *extra]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT / "src"))  # this checkout's code
     if fault:
         env["FTL_TEST_FAULT"] = fault
         command.append("--trainer.callbacks+=tests.test_faults.Fault")

@@ -42,8 +42,11 @@ _ROWS: list[tuple[str, str]] = [
     ("runtime", "Eval runtime (s)"),
     ("samples_per_sec", "Eval samples/s"),
     ("steps_per_sec", "Eval steps/s"),
+    ("tokens_per_sec", "Eval tokens/s"),
+    ("tflops", "Eval TFLOP/s"),
+    ("mfu", "Eval MFU"),
 ]
-_SPEED = ("runtime", "samples_per_sec", "steps_per_sec")
+_SPEED = ("runtime", "samples_per_sec", "steps_per_sec", "tokens_per_sec", "tflops", "mfu")
 
 
 def label_names_in(keys: Iterable[str], stage: str = "test") -> list[str]:
