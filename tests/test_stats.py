@@ -235,3 +235,11 @@ def test_rows_from_the_task_contract_and_back_from_json():
                Record(index=1, reference="z", prediction=None, metrics={"loss": 3.0}, weights={"loss": 3.0})]
     values = point_values(rows_from_outputs(TaskOutputs(records=partial)))
     assert values["rouge1"] == pytest.approx(0.5) and values["loss"] == pytest.approx((1 + 9) / 4)
+
+
+def test_verdicts_know_which_way_is_better():
+    assert verdict(-0.1, 0.01, "test/loss") == verdict(-0.1, 0.01, "test/mse") == "better"
+    assert verdict(0.1, 0.01, "test/f1/cancer") == "better" and verdict(0.1, 0.01, "test/ece") == "worse"
+    assert verdict(0.1, 0.01, "test/wer") == "better"  # unknown: higher is better...
+    assert verdict(0.1, 0.01, "test/wer", lower_is_better=["wer"]) == "worse"  # ...unless the task says so
+    assert verdict(0.1, 0.05, "test/accuracy") == "no_difference" and verdict(0.1, None, "test/runtime") is None

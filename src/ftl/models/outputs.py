@@ -68,6 +68,8 @@ class TaskOutputs:
         confusion_matrix: optional counts for `confusion_matrix.csv` and the plot.
         positive_label: for binary tasks, the label whose probability (`prob_<label>`) a precision-recall
             curve is drawn for.
+        lower_is_better: names (after `test/`) of the task's metrics for which lower is better, for the verdicts
+            of `compare`; loss, perplexity, ECE, Brier, MSE, MAE and RMSE are known already.
     """
 
     records: list[Record]
@@ -78,6 +80,7 @@ class TaskOutputs:
     records_file: str = "test_predictions.csv"
     confusion_matrix: ConfusionMatrix | None = None
     positive_label: str | None = None
+    lower_is_better: list[str] = field(default_factory=list)
 
     def rows(self) -> list[dict[str, Any]]:
         """Records as flat rows for CSV/JSONL/W&B: inputs, reference (if any row has one), prediction, scores,

@@ -150,7 +150,8 @@ PAIRED_NOTE = ("Change = After - Before, with its paired 95% bootstrap interval 
 
 
 def comparison_rows(before: dict[str, float], after: dict[str, float], label_names: list[str] | None = None,
-                    changes: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                    changes: dict[str, Any] | None = None, lower_is_better: list[str] | None = None
+                    ) -> list[dict[str, Any]]:
     """One row per test metric of either side: name, before, after, change = after - before (None if one lacks
     it) and, with `changes` (`ftl.reports.stats.paired_changes`, keyed without `test/`), the change's paired
     interval, its p-value, the Holm-adjusted p-value and the verdict."""
@@ -171,7 +172,8 @@ def comparison_rows(before: dict[str, float], after: dict[str, float], label_nam
         adjusted = holm_by_metric(rows)
         for row, p_holm in zip(rows, adjusted, strict=True):
             row["p_holm"] = p_holm
-            row["verdict"] = verdict(row["change"], p_holm, row["metric"]) if row["change"] is not None else None
+            row["verdict"] = verdict(row["change"], p_holm, row["metric"], lower_is_better=lower_is_better or ())\
+                if row["change"] is not None else None
     return rows
 
 
@@ -267,6 +269,7 @@ def compare_models(base: L.LightningModule, finetuned: L.LightningModule, datamo
     base_outputs = base.test_outputs if isinstance(base, TaskModule) else None
     label_names = finetuned.label_names if isinstance(finetuned, TaskModule) else None
     changes = None
+    lower = list(outputs.lower_is_better) if outputs is not None else []
     if outputs is not None and base_outputs is not None and outputs.records and base_outputs.records:
         from ftl.reports.records import rows_from_outputs
         from ftl.reports.stats import paired_changes
@@ -279,7 +282,7 @@ def compare_models(base: L.LightningModule, finetuned: L.LightningModule, datamo
         "device": _device_name(finetuned),
         "label_names": label_names,
         "ci_resamples": resamples,
-        "rows": comparison_rows(before, after, label_names, changes),
+        "rows": comparison_rows(before, after, label_names, changes, lower),
         "before": before,
         "after": after,
     }

@@ -42,7 +42,8 @@ def rows_from_outputs(outputs: TaskOutputs) -> Rows:
     tasks), probabilities when every row has `prob_<label>` for each label, and every per-row metric."""
     records = outputs.records
     names = [str(n) for n in outputs.label_names] if outputs.label_names else None
-    rows = Rows(keys=[row_key(r.inputs, r.reference) for r in records], label_names=None)
+    rows = Rows(keys=[row_key(r.inputs, r.reference) for r in records], label_names=None,
+                lower_is_better=list(outputs.lower_is_better))
     # single-label: a square confusion matrix (or none) and every reference and prediction a label name; a
     # multi-label task whose rows happen to hold one label each is not mistaken for one
     single = outputs.confusion_matrix is None or outputs.confusion_matrix.square
@@ -83,6 +84,7 @@ def rows_to_json(rows: Rows) -> dict[str, Any]:
         "probs": rows.probs.tolist() if rows.probs is not None else None,
         "values": {name: clean(v) for name, v in rows.values.items()},
         "weights": {name: clean(v) for name, v in rows.weights.items()},
+        "lower_is_better": rows.lower_is_better,
     }
 
 
@@ -95,7 +97,8 @@ def rows_from_json(data: dict[str, Any]) -> Rows:
     return Rows(keys=list(data["keys"]), label_names=data.get("label_names"),
                 y=array(data.get("y"), np.int64), p=array(data.get("p"), np.int64), probs=array(data.get("probs")),
                 values={k: array(v) for k, v in (data.get("values") or {}).items()},
-                weights={k: array(v) for k, v in (data.get("weights") or {}).items()})
+                weights={k: array(v) for k, v in (data.get("weights") or {}).items()},
+                lower_is_better=list(data.get("lower_is_better") or []))
 
 
 def write_rows_file(run_dir: Path, rows: Rows) -> Path:

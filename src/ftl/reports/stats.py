@@ -35,7 +35,9 @@ DEFAULT_SEED = 0  # bootstrap and permutation draws are seeded: the same rows gi
 # smallest p by the number of tests (~15 for a binary table), so 1,000 would floor every verdict at ~0.015.
 MIN_PERMUTATIONS = 9999
 ECE_BINS = 15
-LOWER_IS_BETTER = ("loss", "perplexity", "ece", "brier")
+# metrics (the name after `test/`) for which a decrease is the improvement; a task adds its own in the contract
+# (`TaskOutputs.lower_is_better`)
+LOWER_IS_BETTER = ("loss", "perplexity", "ece", "ece_unscaled", "brier", "mse", "mae", "rmse")
 # 5e6 float64 counts (40 MB) per chunk of resamples, whatever the number of rows
 _CHUNK_CELLS = 5_000_000
 
@@ -53,6 +55,7 @@ class Rows:
         values: per-row values of metrics that are (weighted) means over rows, e.g. `loss`, `rouge1`;
             NaN where a row has none (e.g. no generated answer).
         weights: weights of those means where not 1 (e.g. answer tokens of a token-weighted loss).
+        lower_is_better: the task's own metrics for which lower is better (beside `LOWER_IS_BETTER`).
     """
 
     keys: list[str]
@@ -62,6 +65,7 @@ class Rows:
     probs: np.ndarray | None = None
     values: dict[str, np.ndarray] = field(default_factory=dict)
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    lower_is_better: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -232,13 +236,20 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
     return out
 
 
-def verdict(change: float, p_adjusted: float | None, metric: str, alpha: float = ALPHA) -> str | None:
-    """`better` / `worse` (for the second model) when the Holm-adjusted p is below alpha, else `no_difference`."""
+def verdict(change: float, p_adjusted: float | None, metric: str, alpha: float = ALPHA,
+            lower_is_better: Sequence[str] = ()) -> str | None:
+    """`better` / `worse` (for the second model) when the Holm-adjusted p is below alpha, else `no_difference`.
+
+    `metric` is a key such as `test/loss` or `test/f1/<label>`; its name after the stage (`loss`, `f1`) says
+    whether lower is better (`LOWER_IS_BETTER`, plus the task's own `lower_is_better`).
+    """
     if p_adjusted is None:
         return None
     if p_adjusted >= alpha or change == 0:
         return "no_difference"
-    lower = metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER or metric.split("/")[-1] in LOWER_IS_BETTER
+    parts = metric.split("/")
+    name = parts[1] if len(parts) > 1 else parts[0]
+    lower = name in LOWER_IS_BETTER or name in lower_is_better
     return "better" if (change < 0) == lower else "worse"
 
 
