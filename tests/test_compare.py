@@ -232,6 +232,16 @@ def test_compare_runs_repeats_the_paired_table_from_run_directories(fitted, tmp_
         for field in ("change", "change_ci_low", "change_ci_high", "p_value", "verdict"):
             assert by_runs[key][field] == pytest.approx(row[field], abs=1e-9), (key, field)
 
+    # three runs: a second table gives mean, std and the t interval of each metric across them
+    before = fitted / "compare" / "before"
+    cli("compare", "--runs", str(before), str(fitted), str(fitted), "--out", str(tmp_path / "three"))
+    spread = json.loads((tmp_path / "three" / "compare.json").read_text())["across_runs"]["test/loss"]
+    values = [json.loads((run / "metrics.json").read_text())["test/loss"] for run in (before, fitted, fitted)]
+    assert values[0] != values[1]
+    assert spread["mean"] == pytest.approx(np.mean(values)) and spread["std"] == pytest.approx(np.std(values, ddof=1))
+    assert spread["ci_low"] < spread["mean"] < spread["ci_high"] and spread["n"] == 3
+    assert "## Across the 3 runs" in (tmp_path / "three" / "compare.md").read_text()
+
     cli("compare", "--runs", str(fitted), str(fitted), "--out", str(tmp_path / "self"))
     for row in json.loads((tmp_path / "self" / "compare.json").read_text())["rows"]:
         if row["metric"] not in SPEED:

@@ -145,8 +145,9 @@ def eval_trainer_kwargs(trainer_config: Any) -> dict[str, Any]:
 PAIRED_NOTE = ("Change = After - Before, with its paired 95% bootstrap interval (the same resampled test rows for "
                "both models). p: accuracy by the exact McNemar test (binomial test on the rows exactly one model "
                "gets right), every other metric by a paired permutation test (each row's two outputs swapped at "
-               "random); p-values Holm-corrected over the table's rows; verdict at 0.05 (better/worse: for After; "
-               "lower is better for loss, perplexity, ECE and Brier). Runtime rows are not tested.")
+               "random, at least 9,999 times); p-values Holm-corrected over the table's rows; verdict at 0.05 "
+               "(better/worse: for After; lower is better for loss, perplexity, ECE, Brier and errors such as "
+               "MSE). Runtime rows are not tested.")
 
 
 def comparison_rows(before: dict[str, float], after: dict[str, float], label_names: list[str] | None = None,
