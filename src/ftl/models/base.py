@@ -84,6 +84,8 @@ class TaskModule(L.LightningModule):
         warmup_ratio: float = 0.0,
         lora: LoraSettings | None = None,
         trust_remote_code: bool = False,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         """
         Args:
@@ -99,6 +101,11 @@ class TaskModule(L.LightningModule):
             lora: train LoRA adapters instead of every weight (`r`, `alpha`, `dropout`, `target_modules`);
                 the export merges them into a plain model.
             trust_remote_code: allow a hub model's own code to run (off: only transformers' code runs).
+            compile: `torch.compile` the model (in place: weights, checkpoints and the export are unchanged). The
+                first steps pay for the compilation (minutes for a small model on 2 CPU cores); it is meant for
+                long GPU runs.
+            compile_backend: torch.compile's backend: `inductor` (generated kernels, the fast one), or
+                `aot_eager` (traces the model but runs torch's own kernels: a quick check that it compiles).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -115,6 +122,10 @@ class TaskModule(L.LightningModule):
             if self.lora_task_type is None:
                 raise FTLError(f"{type(self).__name__} does not support LoRA: remove model.lora")
             self.model = apply_lora(self.model, hp.lora, task_type=self.lora_task_type)
+        if hp.get("compile"):
+            # nn.Module.compile, not torch.compile(model): the wrapper torch.compile returns prefixes every
+            # state-dict key with `_orig_mod.`, which no checkpoint or export of an eager run would then match
+            self.model.compile(backend=hp.get("compile_backend", "inductor"))
         self.test_outputs: TaskOutputs | None = None
         self._records: list[Record] = []
         self._split_columns: dict[str, tuple[list[dict[str, Any]] | None, list[Any] | None]] = {}
