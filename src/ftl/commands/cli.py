@@ -52,7 +52,8 @@ from ftl.reports.progress import ProgressLines
 from ftl.speedups import CPUSpeedups
 
 _CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
-_LINKED_INTO_MODEL = ("num_labels", "label_names", "label_counts")  # from the data module, see link_arguments
+# from the data module, see link_arguments
+_LINKED_INTO_MODEL = ("num_labels", "label_names", "label_counts", "target_stats")
 _RUN_DIR_ENV = "FTL_RUN_DIR"  # lets DDP worker processes find the run directory rank 0 made
 
 
@@ -127,6 +128,8 @@ class FTLCLI(LightningCLI):
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         # training rows per label, for class_weights: balanced (dropped for models without `label_counts`)
         parser.link_arguments("data.train_label_counts", "model.init_args.label_counts", apply_on="instantiate")
+        # regression: the training targets' [mean, std], for standardize_targets (only models that take it)
+        parser.link_arguments("data.target_stats", "model.init_args.target_stats", apply_on="instantiate")
 
     # ------------------------------------------------------------------ run directory
     def before_instantiate_classes(self) -> None:
@@ -384,8 +387,9 @@ def _callback_name(callback: Any) -> str:
 # ftl's own modules and data modules, imported before parsing so `--model SequenceClassifier` or
 # `--data TextClassificationDataModule` work by class name (jsonargparse resolves names among loaded subclasses).
 BUILTIN_MODULES = (
-    "ftl.models.classifier", "ftl.models.causal_lm", "ftl.models.multilabel",
-    "ftl.data.classification", "ftl.data.qa", "ftl.data.multilabel", "ftl.data.synthetic",
+    "ftl.models.classifier", "ftl.models.causal_lm", "ftl.models.multilabel", "ftl.models.regressor",
+    "ftl.data.classification", "ftl.data.qa", "ftl.data.multilabel", "ftl.data.synthetic", "ftl.data.pairs",
+    "ftl.data.regression",
 )
 
 

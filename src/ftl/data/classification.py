@@ -8,10 +8,25 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from typing import Any
+from typing import Any, Literal
 
 from ftl.data.text import TextDataModule, check_text_column, column, column_error
 from ftl.errors import FTLError
+
+# How a pair longer than max_length is cut (the tokenizer's `truncation` strategies for two texts):
+# tokens are removed from the longer of the two first, or only from the first / the second text.
+PairTruncation = Literal["longest_first", "only_first", "only_second"]
+
+
+def encode_texts(tokenizer: Any, texts: list[Any], pairs: list[Any] | None, max_length: int,
+                 pair_truncation: PairTruncation = "longest_first") -> dict[str, list]:
+    """One text per row, or a pair (`text [SEP] text_pair` with the tokenizer's own pair encoding: special
+    tokens, token type ids), truncated to `max_length` tokens; empty cells are empty strings."""
+    first = ["" if t is None else str(t) for t in texts]
+    if pairs is None:
+        return tokenizer(first, truncation=True, max_length=max_length)
+    second = ["" if t is None else str(t) for t in pairs]
+    return tokenizer(first, second, truncation=pair_truncation, max_length=max_length)
 
 
 class TextClassificationDataModule(TextDataModule):
@@ -21,6 +36,8 @@ class TextClassificationDataModule(TextDataModule):
     from a `label_name` column beside integer labels (as in `shared/data`), or from the sorted label values.
     `oversample: true` draws training rows with replacement, each label equally often on average
     (seeded per epoch; the epoch keeps its usual number of rows).
+    With `text_pair_column` each row is two texts (question and answer, premise and hypothesis), encoded as
+    the tokenizer's pair; length grouping and padding then follow the pair's length.
     """
 
     def __init__(
@@ -30,13 +47,27 @@ class TextClassificationDataModule(TextDataModule):
         label_column: str = "label",
         label_names: list[str] | None = None,
         oversample: bool = False,
+        text_pair_column: str | None = None,
+        pair_truncation: PairTruncation = "longest_first",
         **kwargs: Any,
     ) -> None:
+        """
+        Args:
+            text_column: the column holding the text (the first text of a pair).
+            label_column: the column holding the label (an int or a string).
+            label_names: label names in id order (default: from the data).
+            oversample: draw training rows so that each label is drawn equally often.
+            text_pair_column: the column holding the second text of a pair (None: one text per row).
+            pair_truncation: how a pair longer than max_length is cut: "longest_first" (tokens from the
+                longer text first), "only_first" or "only_second".
+        """
         super().__init__(*args, **kwargs)
         self.text_column = text_column
         self.label_column = label_column
         self._label_names = list(label_names) if label_names else None
         self.oversample = oversample
+        self.text_pair_column = text_pair_column
+        self.pair_truncation = pair_truncation
 
     # ------------------------------------------------------------------ labels (linked into the model)
     @property
@@ -67,8 +98,18 @@ class TextClassificationDataModule(TextDataModule):
         return [1.0 / counts[label] for label in column(self.raw["train"], "labels")]
 
     # ------------------------------------------------------------------ hooks
+    def text_columns(self) -> list[str]:
+        """The text, and the second text of a pair when there is one."""
+        return [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
+
     def required_columns(self) -> list[str]:
-        return [self.text_column, self.label_column]
+        return [*self.text_columns(), self.label_column]
+
+    def input_columns(self) -> list[str]:
+        return self.text_columns()  # records and predictions show both texts of a pair
+
+    def tokenization_settings(self) -> dict[str, Any]:
+        return {"pair_truncation": self.pair_truncation} if self.text_pair_column else {}
 
     def stratify_column(self) -> str | None:
         return "labels"
@@ -79,12 +120,15 @@ class TextClassificationDataModule(TextDataModule):
         for split, ds in raw.items():
             for kind, name, option in (
                 ("text", self.text_column, "data.text_column"),
+                ("text pair", self.text_pair_column, "data.text_pair_column"),
                 ("label", self.label_column, "data.label_column"),
             ):
-                if name not in ds.column_names:
+                if name is not None and name not in ds.column_names:
                     raise column_error(kind, name, split, ds.column_names, option)
         for split, ds in raw.items():
             check_text_column(ds, self.text_column, split, "--data.text_column")
+            if self.text_pair_column:
+                check_text_column(ds, self.text_pair_column, split, "--data.text_pair_column")
         if self._label_names is None:
             self._label_names = self._infer_label_names(raw)
         names = self._label_names
@@ -155,8 +199,8 @@ class TextClassificationDataModule(TextDataModule):
         raise FTLError(f"cannot infer label names from labels {ints[:10]}: set data.label_names")
 
     def _tokenize_batch(self, batch: dict[str, list]) -> dict[str, list]:
-        texts = ["" if t is None else str(t) for t in batch[self.text_column]]
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        pairs = batch[self.text_pair_column] if self.text_pair_column else None
+        encoded = encode_texts(self.tokenizer, batch[self.text_column], pairs, self.max_length, self.pair_truncation)
         if "labels" in batch:  # prediction inputs have none
             encoded["labels"] = batch["labels"]
         return encoded

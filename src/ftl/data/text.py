@@ -287,6 +287,11 @@ class TextDataModule(L.LightningDataModule):
         """Column whose equal values must stay in one split (e.g. the question in QA)."""
         return None
 
+    def load_options(self, builder: str) -> dict[str, Any]:
+        """Extra `datasets.load_dataset` options for local files read by `builder` ("csv", "json", "parquet"),
+        e.g. a column read as text so that `_prepare_raw` can name a bad cell; none by default."""
+        return {}
+
     def _prepare_raw(self, raw: Any) -> Any:
         """Validate and normalise the raw DatasetDict (labels to ids, etc.) before splitting."""
         return raw
@@ -350,7 +355,8 @@ class TextDataModule(L.LightningDataModule):
             builder, options = _builder_for([p for paths in files.values() for p in paths])
             data_files = {k: [str(Path(p).expanduser()) for p in v] for k, v in files.items()}
             try:
-                loaded = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache, **options)
+                loaded = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache,
+                                               **{**options, **self.load_options(builder)})
             except Exception as err:  # pyarrow/pandas parse errors come wrapped and long: find the place
                 for path in (Path(p).expanduser() for paths in files.values() for p in paths):
                     if (problem := file_problem(path)) is not None:

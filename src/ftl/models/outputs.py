@@ -82,6 +82,24 @@ class TaskOutputs:
     positive_label: str | None = None
     lower_is_better: list[str] = field(default_factory=list)
 
+    def numeric_pairs(self) -> tuple[list[float], list[float]] | None:
+        """(references, predictions) as floats when the task has no labels and every record's reference and
+        prediction is a finite number (a regression task: Pearson, Spearman, R² and the scatter plot come from
+        these); None otherwise."""
+        import math
+
+        def real(value: Any) -> bool:
+            try:
+                return not isinstance(value, (bool, str)) and value is not None and math.isfinite(float(value))
+            except (TypeError, ValueError):
+                return False
+
+        if self.label_names or not self.records:
+            return None
+        if not all(real(r.reference) and real(r.prediction) for r in self.records):
+            return None
+        return [float(r.reference) for r in self.records], [float(r.prediction) for r in self.records]
+
     def rows(self) -> list[dict[str, Any]]:
         """Records as flat rows for CSV/JSONL/W&B: inputs, reference (if any row has one), prediction, scores,
         per-row metrics and their weights (`<metric>_weight`)."""

@@ -430,7 +430,8 @@ class RunSummary(L.Callback):
 
 class Plots(L.Callback):
     """`plots/loss.png` after fit; after test, for classifiers, `plots/confusion_matrix.png`,
-    `plots/reliability.png` and, for binary tasks, `plots/precision_recall.png` (see `ftl.reports.plots`)."""
+    `plots/reliability.png` and, for binary tasks, `plots/precision_recall.png`; for regression tasks (numbers
+    as references and predictions), `plots/regression_scatter.png` (see `ftl.reports.plots`)."""
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -467,6 +468,11 @@ class Plots(L.Callback):
             ece = _scalar(trainer.callback_metrics.get("test/ece"))
             plots.reliability(probs.max(-1).values.tolist(), (probs.argmax(-1) == truth).float().tolist(),
                               folder / "reliability.png", ece=ece)
+        numbers = outputs.numeric_pairs()
+        if numbers is not None:  # regression: predicted vs true per test row
+            plots.regression_scatter(*numbers, folder / "regression_scatter.png",
+                                     pearson=_scalar(trainer.callback_metrics.get("test/pearson")),
+                                     spearman=_scalar(trainer.callback_metrics.get("test/spearman")))
 
 
 class HFExport(L.Callback):

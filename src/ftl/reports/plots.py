@@ -135,3 +135,30 @@ def reliability(confidence: Sequence[float], correct: Sequence[float], path: str
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left")
     return _save(fig, Path(path))
+
+
+def regression_scatter(targets: Sequence[float], predictions: Sequence[float], path: str | Path,
+                       pearson: float | None = None, spearman: float | None = None) -> Path:
+    """Predicted against true value per test row (regression tasks), with the diagonal of perfect predictions
+    and a least-squares line; the title gives Pearson's r and Spearman's rho when known."""
+    import numpy as np
+
+    t, p = np.asarray(targets, dtype=float), np.asarray(predictions, dtype=float)
+    fig = _figure(5.6, 5.2)
+    ax = fig.subplots()
+    ax.scatter(t, p, s=12, alpha=0.6, edgecolors="none", label=f"test rows ({len(t)})")
+    if len(t):
+        low, high = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        ax.plot([low, high], [low, high], linestyle=":", color="grey", label="perfect prediction")
+        if len(t) > 1 and float(np.ptp(t)) > 0:
+            slope, intercept = np.polyfit(t, p, 1)
+            xs = np.array([float(t.min()), float(t.max())])
+            ax.plot(xs, slope * xs + intercept, color="tab:red", label=f"fit: {slope:.2f} x + {intercept:.2f}")
+    ax.set_xlabel("true value")
+    ax.set_ylabel("predicted value")
+    parts = [f"Pearson r {pearson:.3f}" if pearson is not None else None,
+             f"Spearman rho {spearman:.3f}" if spearman is not None else None]
+    ax.set_title("Predicted vs true (test)" + (": " + ", ".join(x for x in parts if x) if any(parts) else ""))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left")
+    return _save(fig, Path(path))

@@ -55,6 +55,9 @@ def rows_from_outputs(outputs: TaskOutputs) -> Rows:
             columns = [f"prob_{n}" for n in names]
             if all(all(c in r.scores for c in columns) for r in records):
                 rows.probs = np.asarray([[float(r.scores[c]) for c in columns] for r in records], dtype=float)
+    numbers = outputs.numeric_pairs()
+    if numbers is not None:  # a regression task: Pearson, Spearman, R² from the rows
+        rows.targets, rows.predictions = (np.asarray(values, dtype=float) for values in numbers)
     metric_names = list(dict.fromkeys(key for r in records for key in r.metrics))
     for name in metric_names:
         rows.values[name] = np.asarray([_number(r.metrics.get(name)) for r in records], dtype=float)
@@ -85,6 +88,8 @@ def rows_to_json(rows: Rows) -> dict[str, Any]:
         "values": {name: clean(v) for name, v in rows.values.items()},
         "weights": {name: clean(v) for name, v in rows.weights.items()},
         "lower_is_better": rows.lower_is_better,
+        "targets": rows.targets.tolist() if rows.targets is not None else None,
+        "predictions": rows.predictions.tolist() if rows.predictions is not None else None,
     }
 
 
@@ -98,7 +103,8 @@ def rows_from_json(data: dict[str, Any]) -> Rows:
                 y=array(data.get("y"), np.int64), p=array(data.get("p"), np.int64), probs=array(data.get("probs")),
                 values={k: array(v) for k, v in (data.get("values") or {}).items()},
                 weights={k: array(v) for k, v in (data.get("weights") or {}).items()},
-                lower_is_better=list(data.get("lower_is_better") or []))
+                lower_is_better=list(data.get("lower_is_better") or []),
+                targets=array(data.get("targets")), predictions=array(data.get("predictions")))
 
 
 def write_rows_file(run_dir: Path, rows: Rows) -> Path:

@@ -56,6 +56,8 @@ class Rows:
             NaN where a row has none (e.g. no generated answer).
         weights: weights of those means where not 1 (e.g. answer tokens of a token-weighted loss).
         lower_is_better: the task's own metrics for which lower is better (beside `LOWER_IS_BETTER`).
+        targets: true numbers (regression tasks), for Pearson, Spearman and R².
+        predictions: predicted numbers (regression tasks).
     """
 
     keys: list[str]
@@ -66,6 +68,8 @@ class Rows:
     values: dict[str, np.ndarray] = field(default_factory=dict)
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     lower_is_better: list[str] = field(default_factory=list)
+    targets: np.ndarray | None = None
+    predictions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -143,6 +147,8 @@ def columns_and_metrics(rows: Rows, available: Sequence[str] | None = None
             metrics["ece"] = lambda s: sum(np.abs(s[f"gap{b}"]) for b in range(ECE_BINS + 1)) / s["one"]
             cols["brier"] = brier_per_row(probs, y)
             metrics["brier"] = lambda s: _ratio(s["brier"], s["one"])
+    if rows.targets is not None and rows.predictions is not None:
+        regression_columns(rows.targets, rows.predictions, cols, metrics)
     names = rows.values if available is None else [n for n in rows.values if n in available]
     for name in names:
         value = rows.values[name].astype(float)
@@ -179,7 +185,9 @@ def point_values(rows: Rows) -> dict[str, float]:
     cols, metrics = columns_and_metrics(rows)
     names = list(cols)
     sums = np.stack([cols[c] for c in names], 1).sum(0)
-    return {key: float(v) for key, v in _evaluate(metrics, names, sums).items()}
+    values = _evaluate(metrics, names, sums)
+    values.update(rank_metrics(rows, np.ones((1, len(rows)))))
+    return {key: float(np.asarray(v).reshape(-1)[0]) for key, v in values.items()}
 
 
 def bootstrap_intervals(rows: Rows, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
@@ -194,9 +202,11 @@ def bootstrap_intervals(rows: Rows, resamples: int = DEFAULT_RESAMPLES, seed: in
     rng = np.random.default_rng(seed)
     draws: dict[str, list[np.ndarray]] = {key: [] for key in metrics}
     for size in _chunks(n, resamples):
-        values = _evaluate(metrics, names, resample_counts(n, size, rng) @ matrix)
+        counts = resample_counts(n, size, rng)
+        values = _evaluate(metrics, names, counts @ matrix)
+        values.update(rank_metrics(rows, counts))  # (Spearman: ranks within each resample)
         for key, value in values.items():
-            draws[key].append(value)
+            draws.setdefault(key, []).append(value)
     tail = 100 * (1 - confidence) / 2
     out = {}
     for key, parts in draws.items():
@@ -294,6 +304,10 @@ def paired_changes(a: Rows, b: Rows, resamples: int = DEFAULT_RESAMPLES, seed: i
     xa = np.stack([cols_a[c] for c in names], 1)
     xb = np.stack([cols_b[c] for c in names], 1)
     point_a, point_b = _evaluate(metrics, names, xa.sum(0)), _evaluate(metrics, names, xb.sum(0))
+    ranked = [key for key in rank_metrics(a, np.ones((1, len(a)))) if key in rank_metrics(b, np.ones((1, len(b))))]
+    keys += ranked
+    point_a.update({k: v[0] for k, v in rank_metrics(a, np.ones((1, len(a)))).items()})
+    point_b.update({k: v[0] for k, v in rank_metrics(b, np.ones((1, len(b)))).items()})
     observed = {key: float(point_b[key] - point_a[key]) for key in keys}
     n = len(a)
     intervals: dict[str, tuple[float, float]] = {}
@@ -304,6 +318,9 @@ def paired_changes(a: Rows, b: Rows, resamples: int = DEFAULT_RESAMPLES, seed: i
         for size in _chunks(n, resamples):
             counts = resample_counts(n, size, rng)
             va, vb = _evaluate(metrics, names, counts @ xa), _evaluate(metrics, names, counts @ xb)
+            if ranked:
+                va.update(rank_metrics(a, counts))
+                vb.update(rank_metrics(b, counts))
             for key in keys:
                 diffs[key].append(vb[key] - va[key])
         tail = 100 * (1 - confidence) / 2
@@ -316,8 +333,13 @@ def paired_changes(a: Rows, b: Rows, resamples: int = DEFAULT_RESAMPLES, seed: i
         total_a, total_b = xa.sum(0), xb.sum(0)
         extreme = {key: 0 for key in keys}
         for size in _chunks(n, permutations):
-            swap = (rng.random((size, n)) < 0.5).astype(float) @ delta
+            mask = rng.random((size, n)) < 0.5
+            swap = mask.astype(float) @ delta
             va, vb = _evaluate(metrics, names, total_a + swap), _evaluate(metrics, names, total_b - swap)
+            if ranked:  # rank metrics of the swapped predictions themselves (not linear in the rows)
+                ones = np.ones((size, n))
+                va.update(rank_metrics(a, ones, np.where(mask, b.predictions, a.predictions)))
+                vb.update(rank_metrics(b, ones, np.where(mask, a.predictions, b.predictions)))
             for key in keys:
                 tolerance = 1e-12 * max(1.0, abs(observed[key]))
                 extreme[key] += int(np.sum(np.abs(vb[key] - va[key]) >= abs(observed[key]) - tolerance))
@@ -348,6 +370,81 @@ def across_runs(values: Sequence[float], confidence: float = CONFIDENCE) -> dict
     std = float(arr.std(ddof=1))
     half = float(sps.t.ppf(0.5 + confidence / 2, arr.size - 1)) * std / math.sqrt(arr.size)
     return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": int(arr.size)}
+
+
+# ---------------------------------------------------------------------------------------------- regression
+def regression_columns(targets: np.ndarray, predictions: np.ndarray, cols: dict[str, np.ndarray],
+                       metrics: dict[str, Metric]) -> None:
+    """Pearson's r and R² of predictions against targets, both functions of five sums (of t, q, t², q², tq), so
+    they resample like every other metric. Both are centred on the targets' mean first (the same shift for two
+    models on the same rows, so paired swaps stay valid) to keep the sums' differences accurate."""
+    centre = float(np.mean(targets)) if len(targets) else 0.0
+    t, q = np.asarray(targets, dtype=float) - centre, np.asarray(predictions, dtype=float) - centre
+    cols.update({"reg:t": t, "reg:q": q, "reg:tt": t * t, "reg:qq": q * q, "reg:tq": t * q})
+
+    def spread(s: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = s["one"]
+        cov = s["reg:tq"] - _ratio(s["reg:t"] * s["reg:q"], n)
+        return cov, s["reg:tt"] - _ratio(s["reg:t"] ** 2, n), s["reg:qq"] - _ratio(s["reg:q"] ** 2, n)
+
+    def pearson(s: dict[str, np.ndarray]) -> np.ndarray:
+        cov, var_t, var_q = spread(s)
+        return _ratio(cov, np.sqrt(np.clip(var_t, 0, None) * np.clip(var_q, 0, None)))
+
+    def r2(s: dict[str, np.ndarray]) -> np.ndarray:
+        sse = s["reg:tt"] - 2 * s["reg:tq"] + s["reg:qq"]
+        return 1.0 - _ratio(sse, spread(s)[1])
+
+    metrics["pearson"], metrics["r2"] = pearson, r2
+
+
+def mean_ranks(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(resamples, rows): each row's rank among the values of a resample in which row i appears `counts[r, i]`
+    times (ranks from 1; tied values share their mean rank, as scipy's `rankdata` and torchmetrics do)."""
+    counts = np.asarray(counts, dtype=float)
+    values = np.broadcast_to(np.asarray(values, dtype=float), counts.shape)
+    m, n = counts.shape
+    order = np.argsort(values, axis=1, kind="stable")
+    v, c = np.take_along_axis(values, order, 1), np.take_along_axis(counts, order, 1)
+    starts = np.ones((m, n), dtype=bool)
+    starts[:, 1:] = v[:, 1:] != v[:, :-1]
+    group = np.cumsum(starts, axis=1) - 1 + (np.arange(m) * n)[:, None]  # one id per (resample, tied value)
+    size = np.bincount(group.ravel(), weights=c.ravel(), minlength=m * n)
+    ends = np.ones((m, n), dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    through = np.zeros(m * n)
+    through[group[ends]] = np.cumsum(c, axis=1)[ends]  # rows drawn up to the end of each tie group
+    ranks = np.empty((m, n))
+    np.put_along_axis(ranks, order, through[group] - size[group] + (size[group] + 1) / 2, 1)
+    return ranks
+
+
+def spearman_values(targets: np.ndarray, predictions: np.ndarray, counts: np.ndarray,
+                    block: int = 256) -> np.ndarray:
+    """Spearman's rank correlation in each resample (rows of `counts`: how often each row is drawn), exactly as
+    computed on the resampled rows themselves: ranks are taken within each resample. `predictions` may give one
+    row of predictions per resample (a permutation test's swapped outputs). Blocks of resamples bound memory."""
+    counts = np.atleast_2d(np.asarray(counts, dtype=float))
+    predictions = np.asarray(predictions, dtype=float)
+    out = []
+    for start in range(0, len(counts), block):
+        w = counts[start:start + block]
+        pred = predictions[start:start + block] if predictions.ndim == 2 else predictions
+        rt, rp = mean_ranks(targets, w), mean_ranks(pred, w)
+        total = w.sum(1, keepdims=True)
+        dt = rt - (w * rt).sum(1, keepdims=True) / total
+        dp = rp - (w * rp).sum(1, keepdims=True) / total
+        out.append(_ratio((w * dt * dp).sum(1), np.sqrt((w * dt * dt).sum(1) * (w * dp * dp).sum(1))))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def rank_metrics(rows: Rows, counts: np.ndarray, predictions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Metrics that are not functions of column sums, per resample: Spearman's rank correlation of a regression
+    task ({} for other tasks). `predictions` replaces the rows' own (paired permutations)."""
+    if rows.targets is None or rows.predictions is None or len(rows) == 0:
+        return {}
+    return {"spearman": spearman_values(rows.targets, rows.predictions if predictions is None else predictions,
+                                        counts)}
 
 
 # ---------------------------------------------------------------------------------------------- temperature

@@ -39,6 +39,11 @@ _ROWS: list[tuple[str, str]] = [
     ("rouge1", "ROUGE-1"),
     ("rouge2", "ROUGE-2"),
     ("rougeL", "ROUGE-L"),
+    ("mse", "MSE"),
+    ("mae", "MAE"),
+    ("pearson", "Pearson r"),
+    ("spearman", "Spearman rho"),
+    ("r2", "R²"),
     ("runtime", "Eval runtime (s)"),
     ("samples_per_sec", "Eval samples/s"),
     ("steps_per_sec", "Eval steps/s"),
@@ -132,6 +137,7 @@ EPOCH_COLUMNS: list[tuple[str, str]] = [
     ("val/f1_macro", "val F1 (macro)"),
     ("val/perplexity", "val perplexity"),
     ("val/rougeL", "val ROUGE-L"),
+    ("val/pearson", "val Pearson r"),
 ]
 
 
