@@ -58,7 +58,7 @@ class Fault(L.Callback):
         io_plugin.save_checkpoint = half_then_kill
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.point == "mid_epoch" and trainer.current_epoch == 1 and batch_idx == 2:
+        if trainer.current_epoch == 1 and batch_idx == {"mid_epoch": 2, "late_epoch": 5}.get(self.point):
             self._fire()
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
@@ -205,5 +205,28 @@ def test_ctrl_c_inside_a_gradient_accumulation_window_saves_after_the_window_and
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 4 + 2  # 4 optimizer steps in epoch 1, then batches 3-4 of epoch 2: one step
     cli(*fit_args(tiny_data_dir, tiny_bert, root, *accumulate, "--ckpt_path", "last"))
+    assert quality(run) == pytest.approx(quality(unbroken_run), abs=1e-6)
+    assert (run / "test_predictions.csv").read_text() == (unbroken_run / "test_predictions.csv").read_text()
+
+
+def test_a_kill_after_a_validation_inside_the_epoch_resumes_from_it_to_the_unbroken_runs_results(
+        tmp_path, tiny_data_dir, tiny_bert, cli):
+    """`val_check_interval 0.5`: checkpoints are saved halfway through each epoch too; one killed after the
+    sixth batch of epoch 2 resumes from its fourth (the validation's checkpoint), not from the epoch's start."""
+    import torch
+
+    halves = ("--trainer.val_check_interval", "0.5")
+    cli(*fit_args(tiny_data_dir, tiny_bert, tmp_path / "unbroken", *halves))
+    (unbroken_run,) = (tmp_path / "unbroken" / "task").iterdir()
+
+    root = tmp_path / "runs"
+    env = dict(os.environ, FTL_TEST_FAULT="SIGKILL:late_epoch", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "ftl", *fit_args(tiny_data_dir, tiny_bert, root, *halves),
+               "--trainer.callbacks+=tests.test_faults.Fault"]
+    killed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    (run,) = (root / "task").iterdir()
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8 + 4
+    cli(*fit_args(tiny_data_dir, tiny_bert, root, *halves, "--ckpt_path", "last"))
     assert quality(run) == pytest.approx(quality(unbroken_run), abs=1e-6)
     assert (run / "test_predictions.csv").read_text() == (unbroken_run / "test_predictions.csv").read_text()

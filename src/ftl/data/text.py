@@ -608,7 +608,7 @@ class TextDataModule(L.LightningDataModule):
         seeded order instead of starting the epoch over (Lightning resumes mid-epoch only loaders that keep a
         state, and batches counted in a loader would be off by what its workers have prefetched)."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None or not trainer.training:
+        if trainer is None or trainer.state.fn != "fit":  # (a validation inside the epoch saves one too)
             return {}
         loop = trainer.fit_loop
         done = int(loop.epoch_loop.batch_progress.current.processed)

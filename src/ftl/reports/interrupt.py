@@ -78,8 +78,8 @@ class SaveOnInterrupt(L.Callback):
 
     # ------------------------------------------------------------------ the epoch's running training aggregates
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        if not (trainer.training and 0 < trainer.fit_loop.epoch_loop.batch_progress.current.processed
-                < trainer.num_training_batches):
+        if not (trainer.state.fn == "fit" and 0 < trainer.fit_loop.epoch_loop.batch_progress.current.processed
+                < trainer.num_training_batches):  # (a validation inside the epoch saves a checkpoint too)
             return  # at an epoch's end the next epoch starts from zero anyway
         from torchmetrics import Metric
 
