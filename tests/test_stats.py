@@ -243,3 +243,22 @@ def test_verdicts_know_which_way_is_better():
     assert verdict(0.1, 0.01, "test/wer") == "better"  # unknown: higher is better...
     assert verdict(0.1, 0.01, "test/wer", lower_is_better=["wer"]) == "worse"  # ...unless the task says so
     assert verdict(0.1, 0.05, "test/accuracy") == "no_difference" and verdict(0.1, None, "test/runtime") is None
+
+
+def test_verdicts_never_contradict_their_interval_and_ece_is_tested_by_the_bootstrap():
+    assert verdict(0.1, 0.001, "test/f1_macro", interval=(-0.01, 0.2)) == "no_difference"
+    assert verdict(0.1, 0.001, "test/f1_macro", interval=(0.01, 0.2)) == "better"
+    # identical predictions, B a little more confident on every row: the rows' outputs are not exchangeable (a
+    # permutation test would reject), but whether B's ECE is worse is a question of the test sample
+    rng = np.random.default_rng(11)
+    n = 200
+    y = rng.integers(0, 2, n)
+    p = np.where(rng.random(n) < 0.8, y, 1 - y)
+    conf_a = rng.uniform(0.55, 0.95, n)
+    probs_a = np.stack([np.where(p == 0, conf_a, 1 - conf_a), np.where(p == 1, conf_a, 1 - conf_a)], 1)
+    conf_b = np.minimum(conf_a + 0.02, 0.999)
+    probs_b = np.stack([np.where(p == 0, conf_b, 1 - conf_b), np.where(p == 1, conf_b, 1 - conf_b)], 1)
+    changes = paired_changes(label_rows(y, p, probs_a), label_rows(y, p, probs_b), 1000)
+    ece = changes["ece"]
+    assert ece.test == "bootstrap" and 0 < ece.p_value <= 1
+    assert (ece.p_value < 0.05) == (not ece.low <= 0 <= ece.high)  # the p-value agrees with the interval

@@ -144,8 +144,9 @@ def eval_trainer_kwargs(trainer_config: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- the table
 PAIRED_NOTE = ("Change = After - Before, with its paired 95% bootstrap interval (the same resampled test rows for "
                "both models). p: accuracy by the exact McNemar test (binomial test on the rows exactly one model "
-               "gets right), every other metric by a paired permutation test (each row's two outputs swapped at "
-               "random, at least 9,999 times); p-values Holm-corrected over the table's rows; verdict at 0.05 "
+               "gets right), ECE by the paired bootstrap, every other metric by a paired permutation test (each row's "
+               "two outputs swapped at random, at least 9,999 times); p-values Holm-corrected over the table's rows; "
+               "verdict at 0.05, and only where the change's interval excludes 0 "
                "(better/worse: for After; lower is better for loss, perplexity, ECE, Brier and errors such as "
                "MSE). Runtime rows are not tested.")
 
@@ -173,7 +174,8 @@ def comparison_rows(before: dict[str, float], after: dict[str, float], label_nam
         adjusted = holm_by_metric(rows)
         for row, p_holm in zip(rows, adjusted, strict=True):
             row["p_holm"] = p_holm
-            row["verdict"] = verdict(row["change"], p_holm, row["metric"], lower_is_better=lower_is_better or ())\
+            row["verdict"] = verdict(row["change"], p_holm, row["metric"], lower_is_better=lower_is_better or (),
+                                     interval=(row.get("change_ci_low"), row.get("change_ci_high"))) \
                 if row["change"] is not None else None
     return rows
 

@@ -72,7 +72,8 @@ def compare_runs(run_dirs: list[str | Path], baseline: str | Path | None = None,
         del row["test_id"]
     for row, p_holm in zip(table, adjusted, strict=True):
         row["p_holm"] = p_holm
-        row["verdict"] = verdict(row["change"], p_holm, row["metric"], lower_is_better=base_rows.lower_is_better) \
+        row["verdict"] = verdict(row["change"], p_holm, row["metric"], lower_is_better=base_rows.lower_is_better,
+                                 interval=(row["change_ci_low"], row["change_ci_high"])) \
             if row["change"] is not None else None
     all_runs = [base] + [run for run, _, _ in side if run.resolve() != base.resolve()]
     all_metrics = [base_metrics] + [m for run, _, m in side if run.resolve() != base.resolve()]
