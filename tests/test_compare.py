@@ -273,3 +273,11 @@ def test_ci_resamples_zero_turns_intervals_off(fitted, tiny_data_dir, tiny_bert,
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert "test/accuracy" in metrics and not any(k.endswith(("_ci_low", "_ci_high")) for k in metrics)
     assert (tmp_path / "t" / "test_rows.json").is_file()
+
+
+def test_the_seeds_sweep_runs_one_recipe_once_per_seed(cli, capsys, tmp_path):
+    cli("sweep", str(ROOT / "sweeps" / "seeds" / "cancer_seeds.yaml"), "--dry_run", "true",
+        "--sweep_dir", str(tmp_path / "sweep"), "--trainer.max_epochs", "1")
+    lines = [line for line in capsys.readouterr().out.splitlines() if " fit --config configs/cancer.yaml" in line]
+    assert [re.search(r"--seed_everything=(\d+)", line).group(1) for line in lines] == ["42", "43", "44"]
+    assert all("--trainer.max_epochs 1" in line and "trial-0" in line for line in lines)
