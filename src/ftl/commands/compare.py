@@ -58,7 +58,8 @@ def runs_parser() -> Any:
     parser.add_argument("--baseline", type=str | None, default=None,
                         help="The run the others are compared with (default: the first of --runs).")
     parser.add_argument("--ci_resamples", type=int, default=1000,
-                        help="Bootstrap resamples and permutations per test (0: no intervals, McNemar only).")
+                        help="Bootstrap resamples per interval (permutation tests use at least 9,999; 0: no "
+                        "intervals, McNemar only).")
     parser.add_argument("--out", type=str | None, default=None,
                         help="Folder for compare.md / compare.json (default: a new runs/compare/<timestamp>-runs).")
     parser.add_argument("--runs_root", type=str, default="runs", help="Where the default --out folder is made.")
@@ -70,7 +71,11 @@ def main_runs(argv: list[str]) -> None:
     from ftl.commands.rundir import new_run_dir
     from ftl.reports.compare_runs import compare_runs, write_runs_comparison
 
-    args = runs_parser().parse_args(argv)
+    parser = runs_parser()
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        return
+    args = parser.parse_args(argv)
     if args.ci_resamples < 0:
         raise FTLError(f"--ci_resamples must be 0 (off) or a positive number, got {args.ci_resamples}")
     result = compare_runs(args.runs, args.baseline, args.ci_resamples)  # bad runs fail before a folder is made
