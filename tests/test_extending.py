@@ -99,7 +99,9 @@ def test_a_task_from_the_docs_gets_metrics_records_in_data_order_summary_and_plo
     assert metrics["test/mse"] == pytest.approx(mse, rel=1e-4)  # the logged metric is the records' own
     # the per-row `metrics` of the docs' records give the user's own metric a confidence interval
     assert metrics["test/mse_ci_low"] < metrics["test/mse"] < metrics["test/mse_ci_high"]
-    assert "test/pearson_ci_low" not in metrics  # not a mean over rows: no interval
+    # numbers as references and predictions, no labels: a regression, whose Pearson resamples from sums over rows
+    assert metrics["test/pearson_ci_low"] <= metrics["test/pearson"] <= metrics["test/pearson_ci_high"]
+    assert (run_dir / "plots" / "regression_scatter.png").stat().st_size > 0
     assert [float(r["mse"]) for r in records] == pytest.approx(
         [(p - float(r["score"])) ** 2 for p, r in zip(predicted, records, strict=True)], rel=1e-5)
     assert "val/loss" in metrics and (run_dir / "checkpoints" / "last.ckpt").is_file()

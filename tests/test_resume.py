@@ -80,7 +80,8 @@ def test_resuming_with_nothing_to_resume_is_a_one_line_error(tmp_path, tiny_data
 
 
 # ---------------------------------------------------------------------- callbacks that the task configs carry
-@pytest.mark.parametrize("config", ["depression", "cancer", "medical_abstracts", "imdb", "quickstart"])
+@pytest.mark.parametrize("config", ["depression", "cancer", "medical_abstracts", "imdb", "quickstart", "qa_relevance",
+                                    "regression_example"])
 def test_task_configs_stop_early_on_the_checkpoint_metric_and_log_the_learning_rate(config):
     import yaml
 

@@ -49,6 +49,9 @@ def _tiny_sources(task: str, fixtures: dict) -> list[str]:
     if task == "medquad":
         return ["--model.pretrained", str(fixtures["tiny_gpt2"]), "--data.data_dir", str(fixtures["tiny_qa_dir"]),
                 "--data.dataset", "null"]
+    if task == "qa_relevance":  # its data module pairs question/answer rows, as MedQuAD's
+        return ["--model.pretrained", str(fixtures["tiny_bert"]), "--data.data_dir", str(fixtures["tiny_qa_dir"]),
+                "--data.dataset", "null"]
     data = fixtures["tiny_data_dir"] if task == "medical_abstracts" else fixtures["tiny_binary_dir"]
     return ["--model.pretrained", str(fixtures["tiny_bert"]), "--data.data_dir", str(data), "--data.dataset", "null"]
 
@@ -88,7 +91,7 @@ def test_sweep_parameters_are_cli_overrides_that_reach_the_model_and_data(task, 
         pytest.skip(f"{config_file} does not exist yet")
     fixtures = {name: request.getfixturevalue(name) for name in
                 (("tiny_gpt2", "tiny_qa_dir") if task == "medquad" else ("tiny_bert", "tiny_data_dir",
-                                                                         "tiny_binary_dir"))}
+                                                                         "tiny_binary_dir", "tiny_qa_dir"))}
     sources = _tiny_sources(task, fixtures)
     base_args = ["--config", str(ROOT / config_file), *sources]  # run=False: no subcommand
     baseline = FTLCLI(args=[*base_args, "--run_dir", str(tmp_path / "base")], run=False)

@@ -26,7 +26,14 @@ def encode_texts(tokenizer: Any, texts: list[Any], pairs: list[Any] | None, max_
     if pairs is None:
         return tokenizer(first, truncation=True, max_length=max_length)
     second = ["" if t is None else str(t) for t in pairs]
-    return tokenizer(first, second, truncation=pair_truncation, max_length=max_length)
+    try:
+        return tokenizer(first, second, truncation=pair_truncation, max_length=max_length)
+    except Exception as err:  # the fast tokenizer's own error when the text it may cut is too short to fit
+        if "truncat" not in str(err).lower():
+            raise
+        raise FTLError(f"pair_truncation {pair_truncation} cannot cut some pair to max_length {max_length}: the text "
+                       "it may not cut is that long alone; set --data.pair_truncation longest_first or a larger "
+                       "--data.max_length") from None
 
 
 class TextClassificationDataModule(TextDataModule):
