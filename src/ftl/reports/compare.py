@@ -304,7 +304,9 @@ def _device_name(module: L.LightningModule) -> str:
 def describe_base(module: L.LightningModule, seed: int | None) -> str:
     pretrained = dict(module.hparams).get("pretrained", type(module).__name__)
     seeded = f"seed {seed}" if seed is not None and seed is not False else "unseeded"
-    has_head = isinstance(module, TaskModule) and module.label_names is not None
+    # classifiers, and regressors (a one-output head without labels), start from a freshly initialised head
+    has_head = isinstance(module, TaskModule) and (module.label_names is not None
+                                                   or module.auto_class == "AutoModelForSequenceClassification")
     head = f"its new task head initialised as at the start of fine-tuning, {seeded}" if has_head else seeded
     return f"`{pretrained}` as `{type(module).__name__}` loads it before training ({head})"
 

@@ -153,7 +153,8 @@ def regression_scatter(targets: Sequence[float], predictions: Sequence[float], p
         if len(t) > 1 and float(np.ptp(t)) > 0:
             slope, intercept = np.polyfit(t, p, 1)
             xs = np.array([float(t.min()), float(t.max())])
-            ax.plot(xs, slope * xs + intercept, color="tab:red", label=f"fit: {slope:.2f} x + {intercept:.2f}")
+            line = f"fit: {slope:.2f} x {'+' if intercept >= 0 else '-'} {abs(intercept):.2f}"
+            ax.plot(xs, slope * xs + intercept, color="tab:red", label=line)
     ax.set_xlabel("true value")
     ax.set_ylabel("predicted value")
     parts = [f"Pearson r {pearson:.3f}" if pearson is not None else None,
