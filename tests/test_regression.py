@@ -276,3 +276,18 @@ def test_spearman_in_each_resample_is_scipys_on_the_resampled_rows():
     better = Rows(keys=rows.keys, targets=t, predictions=t + 0.1 * rng.normal(size=50))
     change = paired_changes(rows, better, 200)["spearman"]
     assert change.change > 0 and change.low > 0 and change.p_value < 0.01
+
+
+def test_compare_runs_pairs_regression_runs_by_their_saved_rows(fitted):
+    """`compare --runs` reads test_rows.json (targets and predictions kept): a run against itself changes nothing."""
+    from ftl.reports.compare_runs import compare_runs
+
+    rows_file = json.loads((fitted / "test_rows.json").read_text())
+    predicted = [float(r["predicted"]) for r in read_rows(fitted / "test_predictions.csv")]
+    assert rows_file["predictions"] == pytest.approx(predicted)
+    result = compare_runs([fitted, fitted], resamples=100)
+    rows = {row["metric"]: row for row in result["rows"]}
+    for key in METRICS:
+        row = rows[f"test/{key}"]
+        assert (row["change"], row["change_ci_low"], row["change_ci_high"]) == (0, 0, 0), key
+        assert row["p_value"] == 1.0 and row["verdict"] == "no_difference", key
