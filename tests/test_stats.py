@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from ftl.models.calibration import fit_temperature
 from ftl.reports.stats import (
     Rows,
     across_runs,
     bootstrap_intervals,
-    fit_temperature,
     holm,
     mcnemar_p,
     paired_changes,

@@ -390,7 +390,7 @@ class SequenceClassifier(TaskModule):
 
     def _fit_temperature(self) -> None:
         """One temperature for the model as it is now, from every rank's validation logits (see `calibration`)."""
-        from ftl.reports.stats import fit_temperature
+        from ftl.models.calibration import fit_temperature
 
         k = len(self.label_names)
         local = torch.cat(self._val_logits) if self._val_logits else torch.zeros(0, k + 1, device=self.device)

@@ -107,9 +107,14 @@ class RunOutputs(L.Callback):
             # per test row, in the data's order: inputs, reference, prediction, scores (full precision)
             write_rows(run_dir / outputs.records_file, outputs.rows(), outputs.records_format)
             # test_rows.json and a 95% interval beside each test metric in metrics.json (ftl.reports.intervals)
-            from ftl.reports.intervals import save_intervals, settings_of
+            from ftl.reports.intervals import settings_of, with_intervals
+            from ftl.reports.records import ROWS_FILE
 
-            save_intervals(run_dir, outputs, settings_of(trainer))
+            path = run_dir / "metrics.json"
+            rows_text, metrics = with_intervals(outputs, json.loads(path.read_text()) if path.is_file() else {},
+                                                settings_of(trainer))
+            write_text_atomic(run_dir / ROWS_FILE, rows_text)
+            write_json(path, metrics)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "validate":

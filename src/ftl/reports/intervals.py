@@ -1,23 +1,21 @@
 """Confidence intervals on every test metric of a run, from its per-row records (see `ftl.reports.stats`).
 
-After each test, `save_intervals` writes `test_rows.json` (the per-row columns) and adds `<key>_ci_low` /
-`<key>_ci_high` beside each `test/<key>` of `metrics.json` that the rows can reproduce. `summary.md` shows them as
-`0.955 [0.925, 0.980]`; W&B's summary gets them with metrics.json. The number of resamples is the CLI's
-`--ci_resamples` (0 = off), handed to the trainer as the `CISettings` callback.
+After each test, `RunOutputs` writes what `with_intervals` returns: `test_rows.json` (the per-row columns) and
+`metrics.json` with `<key>_ci_low` / `<key>_ci_high` beside each `test/<key>` that the rows can reproduce.
+`summary.md` shows them as `0.955 [0.925, 0.980]`; W&B's summary gets them with metrics.json. The number of
+resamples is the CLI's `--ci_resamples` (0 = off), handed to the trainer as the `CISettings` callback.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 
 from ftl.models.outputs import TaskOutputs
 from ftl.reports import stats
-from ftl.reports.records import rows_from_outputs, write_rows_file
+from ftl.reports.records import rows_file_text, rows_from_outputs
 from ftl.reports.tables import CI_HIGH as HIGH
 from ftl.reports.tables import CI_LOW as LOW
 from ftl.reports.tables import is_interval_key
@@ -56,16 +54,11 @@ def interval_keys(metrics: dict[str, Any], rows: stats.Rows, resamples: int, see
     return out
 
 
-def save_intervals(run_dir: str | Path, outputs: TaskOutputs, settings: CISettings) -> dict[str, float]:
-    """Write `test_rows.json` and add the intervals to `run_dir/metrics.json`; returns the interval keys."""
-    from ftl.reports.callbacks import write_json
-
+def with_intervals(outputs: TaskOutputs, metrics: dict[str, Any], settings: CISettings
+                   ) -> tuple[str, dict[str, Any]]:
+    """(the text of `test_rows.json`, `metrics` with this test's intervals in place of any earlier ones)."""
     rows = rows_from_outputs(outputs)
-    write_rows_file(Path(run_dir), rows)
-    path = Path(run_dir) / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
     metrics = {key: value for key, value in metrics.items() if not (key.startswith("test/") and is_interval_key(key))}
-    added = interval_keys(metrics, rows, settings.resamples, settings.seed) if settings.resamples else {}
-    metrics.update(added)
-    write_json(path, metrics)
-    return added
+    if settings.resamples:
+        metrics.update(interval_keys(metrics, rows, settings.resamples, settings.seed))
+    return rows_file_text(rows), metrics

@@ -107,10 +107,9 @@ def rows_from_json(data: dict[str, Any]) -> Rows:
                 targets=array(data.get("targets")), predictions=array(data.get("predictions")))
 
 
-def write_rows_file(run_dir: Path, rows: Rows) -> Path:
-    from ftl.reports.callbacks import write_text_atomic
-
-    return write_text_atomic(Path(run_dir) / ROWS_FILE, json.dumps(rows_to_json(rows)) + "\n")
+def rows_file_text(rows: Rows) -> str:
+    """The contents of `test_rows.json` (written by `ftl.reports.callbacks.RunOutputs`)."""
+    return json.dumps(rows_to_json(rows)) + "\n"
 
 
 def read_run_rows(run_dir: str | Path) -> Rows:
