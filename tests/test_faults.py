@@ -84,6 +84,13 @@ def unbroken(tmp_path_factory, tiny_data_dir, tiny_bert) -> Path:
     return run
 
 
+def killed_fit(fault: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`ftl <args>` in a fresh process that sends itself `fault` ("SIGKILL:test"...) through `Fault`."""
+    env = dict(os.environ, FTL_TEST_FAULT=fault, PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "ftl", *args, "--trainer.callbacks+=tests.test_faults.Fault"]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
 def quality(run: Path) -> dict[str, float]:
     metrics = json.loads((run / "metrics.json").read_text())
     return {key: value for key, value in metrics.items() if not key.endswith(QUALITY_EXCLUDED)}
@@ -115,10 +122,7 @@ def test_a_killed_fit_resumes_to_the_unbroken_runs_results(fault, tmp_path, tiny
     shutil.copytree(unbroken, earlier)
     before = snapshot(earlier)
 
-    env = dict(os.environ, FTL_TEST_FAULT=fault, PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "ftl", *fit_args(tiny_data_dir, tiny_bert, root),
-               "--trainer.callbacks+=tests.test_faults.Fault"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = killed_fit(fault, fit_args(tiny_data_dir, tiny_bert, root))
     kind, point = fault.split(":")
     (broken,) = [run for run in (root / "task").iterdir() if run != earlier]
     if kind == "SIGKILL":
@@ -162,72 +166,32 @@ def test_a_killed_fit_resumes_to_the_unbroken_runs_results(fault, tmp_path, tiny
 # EarlyStopping that stops at the first validation (val/loss is always under 100), with room for 4 epochs
 EARLY_STOP = ("--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping", "--trainer.callbacks.monitor",
               "val/loss", "--trainer.callbacks.stopping_threshold", "100", "--trainer.max_epochs", "4")
+# 2 batches per optimizer step: a Ctrl-C after the third batch of epoch 2 (half a step) waits for the fourth
+ACCUMULATE = ("--trainer.accumulate_grad_batches", "2")
+# checkpoints halfway through each epoch too (no EarlyStopping: the tiny model's flat val/f1_macro would stop it
+# at epoch 2's first validation, before the kill after its sixth batch)
+HALVES = ("--trainer.val_check_interval", "0.5", "--trainer.callbacks=[]")
 
 
-def test_a_run_that_stopped_early_and_was_killed_during_test_resumes_without_training_more(
-        tmp_path, tiny_data_dir, tiny_bert, cli):
+@pytest.mark.parametrize(("options", "fault", "saved_step"), [
+    (EARLY_STOP, "SIGKILL:test", 8),  # stopped after epoch 1 (8 steps): the resumed run tests, it does not train
+    (ACCUMULATE, "SIGINT:mid_epoch", 4 + 2),  # 4 steps in epoch 1, then batches 1-4 of epoch 2: never half a step
+    (HALVES, "SIGKILL:late_epoch", 8 + 4),  # resumed from the validation after batch 4 of epoch 2, not its start
+], ids=["early-stopped", "gradient-accumulation", "validation-inside-the-epoch"])
+def test_a_killed_fit_resumes_from_where_it_saved_to_the_unbroken_runs_results(
+        options, fault, saved_step, tmp_path, tiny_data_dir, tiny_bert, cli):
     import torch
 
-    cli(*fit_args(tiny_data_dir, tiny_bert, tmp_path / "unbroken", *EARLY_STOP))
+    cli(*fit_args(tiny_data_dir, tiny_bert, tmp_path / "unbroken", *options))
     (unbroken_run,) = (tmp_path / "unbroken" / "task").iterdir()
-    steps = torch.load(unbroken_run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert steps == 8  # one epoch of 8 steps, then the stop
-
     root = tmp_path / "runs"
-    env = dict(os.environ, FTL_TEST_FAULT="SIGKILL:test", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "ftl", *fit_args(tiny_data_dir, tiny_bert, root, *EARLY_STOP),
-               "--trainer.callbacks+=tests.test_faults.Fault"]
-    killed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    cli(*fit_args(tiny_data_dir, tiny_bert, root, *EARLY_STOP, "--ckpt_path", "last"))
+    killed = killed_fit(fault, fit_args(tiny_data_dir, tiny_bert, root, *options))
+    assert killed.returncode == (130 if fault.startswith("SIGINT") else -signal.SIGKILL), killed.stderr[-3000:]
     (run,) = (root / "task").iterdir()
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == steps  # no more
-    assert quality(run) == pytest.approx(quality(unbroken_run), abs=1e-6)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == saved_step
 
-
-def test_ctrl_c_inside_a_gradient_accumulation_window_saves_after_the_window_and_resumes_exactly(
-        tmp_path, tiny_data_dir, tiny_bert, cli):
-    """With 2 batches per optimizer step, a Ctrl-C after the third batch (half a step) waits for the fourth: a
-    checkpoint never holds half-accumulated gradients, and the resumed run ends as the unbroken one."""
-    import torch
-
-    accumulate = ("--trainer.accumulate_grad_batches", "2")
-    cli(*fit_args(tiny_data_dir, tiny_bert, tmp_path / "unbroken", *accumulate))
-    (unbroken_run,) = (tmp_path / "unbroken" / "task").iterdir()
-
-    root = tmp_path / "runs"
-    env = dict(os.environ, FTL_TEST_FAULT="SIGINT:mid_epoch", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "ftl", *fit_args(tiny_data_dir, tiny_bert, root, *accumulate),
-               "--trainer.callbacks+=tests.test_faults.Fault"]
-    killed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert killed.returncode == 130, killed.stderr[-3000:]
-    (run,) = (root / "task").iterdir()
-    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert saved["global_step"] == 4 + 2  # 4 optimizer steps in epoch 1, then batches 3-4 of epoch 2: one step
-    cli(*fit_args(tiny_data_dir, tiny_bert, root, *accumulate, "--ckpt_path", "last"))
-    assert quality(run) == pytest.approx(quality(unbroken_run), abs=1e-6)
-    assert (run / "test_predictions.csv").read_text() == (unbroken_run / "test_predictions.csv").read_text()
-
-
-def test_a_kill_after_a_validation_inside_the_epoch_resumes_from_it_to_the_unbroken_runs_results(
-        tmp_path, tiny_data_dir, tiny_bert, cli):
-    """`val_check_interval 0.5`: checkpoints are saved halfway through each epoch too; one killed after the
-    sixth batch of epoch 2 resumes from its fourth (the validation's checkpoint), not from the epoch's start."""
-    import torch
-
-    # no EarlyStopping: the tiny model's flat val/f1_macro would stop it at epoch 2's first validation
-    halves = ("--trainer.val_check_interval", "0.5", "--trainer.callbacks=[]")
-    cli(*fit_args(tiny_data_dir, tiny_bert, tmp_path / "unbroken", *halves))
-    (unbroken_run,) = (tmp_path / "unbroken" / "task").iterdir()
-
-    root = tmp_path / "runs"
-    env = dict(os.environ, FTL_TEST_FAULT="SIGKILL:late_epoch", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "ftl", *fit_args(tiny_data_dir, tiny_bert, root, *halves),
-               "--trainer.callbacks+=tests.test_faults.Fault"]
-    killed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    (run,) = (root / "task").iterdir()
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8 + 4
-    cli(*fit_args(tiny_data_dir, tiny_bert, root, *halves, "--ckpt_path", "last"))
+    cli(*fit_args(tiny_data_dir, tiny_bert, root, *options, "--ckpt_path", "last"))
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert final == torch.load(unbroken_run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert quality(run) == pytest.approx(quality(unbroken_run), abs=1e-6)
     assert (run / "test_predictions.csv").read_text() == (unbroken_run / "test_predictions.csv").read_text()
