@@ -153,7 +153,8 @@ def test_predict_and_compare_work_for_a_task_from_the_docs(pair_run, tmp_path):
     assert result["after"]["test/mse"] == pytest.approx(after["test/mse"], rel=1e-4)
     assert result["test_rows"] == 24 and "test/mse" in result["before"]
     text = (tmp_path / "c" / "compare.md").read_text()
-    assert "Accuracy on" not in text and "task head" not in text  # no labels here, and no new head wording
+    # no labels here, but a fresh one-output head (named so since 3b68582)
+    assert "Accuracy on" not in text and "its new task head" in text
     mse_row = next(r for r in result["rows"] if r["metric"] == "test/mse")
     assert mse_row["test"] == "permutation" and mse_row["change_ci_low"] <= mse_row["change"] <= mse_row[
         "change_ci_high"] and mse_row["verdict"] in ("better", "worse", "no_difference")
