@@ -276,4 +276,9 @@ def test_compare_of_a_causal_lm_speaks_of_its_metrics_not_of_labels_or_heads(fit
     assert "| Perplexity |" in text or "| perplexity |" in text.lower()
     result = json.loads((out / "compare.json").read_text())
     assert result["after"]["test/loss"] < result["before"]["test/loss"]
-    assert result["test_rows"] is None or result["test_rows"] == 8
+    assert result["test_rows"] == 8  # every question has a record (its loss), generated or not
+    rows = {r["metric"]: r for r in result["rows"]}
+    for key in ("test/loss", "test/perplexity"):  # paired over the 8 questions, token-weighted
+        row = rows[key]
+        assert row["test"] == "permutation" and row["change_ci_high"] < 0 and row["verdict"] == "better", row
+    assert "test/rouge1" not in rows  # no generations (test_generation_samples 0): no ROUGE row
