@@ -217,7 +217,8 @@ def test_multilabel_example_runs_through_the_cli_with_per_label_f1(multilabel_ru
         assert 0.0 <= metrics[f"test/f1/{name}"] <= 1.0
     for key in ("test/f1_macro", "test/f1_micro", "test/exact_match", "test/loss"):
         assert key in metrics
-    for key in ("test/exact_match", "test/accuracy", "test/loss"):  # means over rows: with intervals
+    for key in ("test/exact_match", "test/accuracy", "test/loss", "test/f1_macro", "test/f1_micro",
+                *(f"test/f1/{name}" for name in LABELS)):  # from the records' label sets and per-row values
         assert metrics[f"{key}_ci_low"] <= metrics[key] + 1e-9 and metrics[key] <= metrics[f"{key}_ci_high"] + 1e-9
     per_label = [metrics[f"test/f1/{name}"] for name in LABELS]
     assert metrics["test/f1_macro"] == pytest.approx(sum(per_label) / len(per_label), abs=1e-6)

@@ -229,7 +229,9 @@ def test_rows_from_the_task_contract_and_back_from_json():
     # a multi-label task (per-label confusion matrix) whose rows hold one label each: no single-label metrics
     per_label = ConfusionMatrix(rows=["a", "b"], columns=["tn", "fp", "fn", "tp"], counts=[[1, 0, 0, 2], [2, 0, 1, 0]])
     multi = rows_from_outputs(TaskOutputs(records=records, label_names=["a", "b"], confusion_matrix=per_label))
-    assert multi.y is None and "precision_macro" not in point_values(multi) and "loss" in point_values(multi)
+    assert multi.y is None and multi.label_sets[0].tolist() == [[1, 0], [0, 1], [0, 1]]
+    # ...but multi-label metrics: label b was predicted for 1 of its 2 rows
+    assert point_values(multi)["recall/b"] == pytest.approx(0.5) and "loss" in point_values(multi)
     # a row without a value (an answer not generated) is left out of that metric only
     partial = [Record(index=0, reference="x", prediction="y", metrics={"loss": 1.0, "rouge1": 0.5}),
                Record(index=1, reference="z", prediction=None, metrics={"loss": 3.0}, weights={"loss": 3.0})]
@@ -262,3 +264,32 @@ def test_verdicts_never_contradict_their_interval_and_ece_is_tested_by_the_boots
     ece = changes["ece"]
     assert ece.test == "bootstrap" and 0 < ece.p_value <= 1
     assert (ece.p_value < 0.05) == (not ece.low <= 0 <= ece.high)  # the p-value agrees with the interval
+
+
+def test_multilabel_metrics_match_torchmetrics_and_get_intervals():
+    from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, MultilabelRecall
+
+    from ftl.models.outputs import ConfusionMatrix, Record, TaskOutputs
+    from ftl.reports.records import rows_from_outputs
+
+    rng = np.random.default_rng(12)
+    names = ["a", "b", "c", "d"]
+    true = (rng.random((120, 4)) < [0.5, 0.3, 0.1, 0.0]).astype(int)  # label d never true...
+    pred = np.where(rng.random((120, 4)) < 0.8, true, 1 - true)
+    pred[:, 3] = 0  # ...nor predicted: it counts 0 in macro averages, as in torchmetrics
+
+    def as_set(flags) -> str:
+        return "|".join(n for n, on in zip(names, flags, strict=True) if on)
+
+    records = [Record(index=i, inputs={"text": str(i)}, reference=as_set(t), prediction=as_set(p))
+               for i, (t, p) in enumerate(zip(true, pred, strict=True))]
+    matrix = ConfusionMatrix(rows=names, columns=["tn", "fp", "fn", "tp"], counts=[[0, 0, 0, 0]] * 4)
+    rows = rows_from_outputs(TaskOutputs(records=records, label_names=names, confusion_matrix=matrix))
+    values, ci = point_values(rows), bootstrap_intervals(rows, 500)
+    t, p = torch.tensor(true), torch.tensor(pred)
+    for kind, cls in (("precision", MultilabelPrecision), ("recall", MultilabelRecall), ("f1", MultilabelF1Score)):
+        assert values[f"{kind}_macro"] == pytest.approx(float(cls(4, average="macro")(p, t)), abs=1e-6)
+        for c, name in enumerate(names):
+            assert values[f"{kind}/{name}"] == pytest.approx(float(cls(4, average=None)(p, t)[c]), abs=1e-6)
+    assert values["f1_micro"] == pytest.approx(float(MultilabelF1Score(4, average="micro")(p, t)), abs=1e-6)
+    assert ci["f1_macro"][0] <= values["f1_macro"] <= ci["f1_macro"][1]

@@ -55,6 +55,10 @@ def rows_from_outputs(outputs: TaskOutputs) -> Rows:
             columns = [f"prob_{n}" for n in names]
             if all(all(c in r.scores for c in columns) for r in records):
                 rows.probs = np.asarray([[float(r.scores[c]) for c in columns] for r in records], dtype=float)
+    if names and records and not single:
+        sets = label_sets(records, names)
+        if sets is not None:  # a multi-label task: per-label and macro/micro precision, recall, F1
+            rows.label_names, rows.label_sets = names, sets
     numbers = outputs.numeric_pairs()
     if numbers is not None:  # a regression task: Pearson, Spearman, R² from the rows
         rows.targets, rows.predictions = (np.asarray(values, dtype=float) for values in numbers)
@@ -64,6 +68,26 @@ def rows_from_outputs(outputs: TaskOutputs) -> Rows:
         if any(name in r.weights for r in records):
             rows.weights[name] = np.asarray([_number(r.weights.get(name, 1.0)) for r in records], dtype=float)
     return rows
+
+
+def label_sets(records: list, names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(true, predicted) 0/1 matrices of a multi-label task whose references and predictions are label sets written
+    `a|b` (the multi-label classifier's records; "" for none); None when a row holds anything else."""
+    index = {name: i for i, name in enumerate(names)}
+
+    def matrix(values: list[Any]) -> np.ndarray | None:
+        out = np.zeros((len(values), len(names)), dtype=np.int8)
+        for row, value in enumerate(values):
+            if not isinstance(value, str):
+                return None
+            for name in filter(None, value.split("|")):
+                if name not in index:
+                    return None
+                out[row, index[name]] = 1
+        return out
+
+    true, pred = matrix([r.reference for r in records]), matrix([r.prediction for r in records])
+    return None if true is None or pred is None else (true, pred)
 
 
 def _number(value: Any) -> float:
@@ -88,6 +112,7 @@ def rows_to_json(rows: Rows) -> dict[str, Any]:
         "values": {name: clean(v) for name, v in rows.values.items()},
         "weights": {name: clean(v) for name, v in rows.weights.items()},
         "lower_is_better": rows.lower_is_better,
+        "label_sets": [m.tolist() for m in rows.label_sets] if rows.label_sets is not None else None,
         "targets": rows.targets.tolist() if rows.targets is not None else None,
         "predictions": rows.predictions.tolist() if rows.predictions is not None else None,
     }
@@ -104,6 +129,8 @@ def rows_from_json(data: dict[str, Any]) -> Rows:
                 values={k: array(v) for k, v in (data.get("values") or {}).items()},
                 weights={k: array(v) for k, v in (data.get("weights") or {}).items()},
                 lower_is_better=list(data.get("lower_is_better") or []),
+                label_sets=tuple(np.asarray(m, dtype=np.int8) for m in data["label_sets"])
+                if data.get("label_sets") is not None else None,
                 targets=array(data.get("targets")), predictions=array(data.get("predictions")))
 
 

@@ -61,6 +61,8 @@ class Rows:
             NaN where a row has none (e.g. no generated answer).
         weights: weights of those means where not 1 (e.g. answer tokens of a token-weighted loss).
         lower_is_better: the task's own metrics for which lower is better (beside `LOWER_IS_BETTER`).
+        label_sets: (true, predicted) 0/1 matrices of shape (rows, labels) of a multi-label task, for per-label
+            and macro/micro precision, recall and F1.
         targets: true numbers (regression tasks), for Pearson, Spearman and R².
         predictions: predicted numbers (regression tasks).
     """
@@ -73,6 +75,7 @@ class Rows:
     values: dict[str, np.ndarray] = field(default_factory=dict)
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     lower_is_better: list[str] = field(default_factory=list)
+    label_sets: tuple[np.ndarray, np.ndarray] | None = None
     targets: np.ndarray | None = None
     predictions: np.ndarray | None = None
 
@@ -152,6 +155,8 @@ def columns_and_metrics(rows: Rows, available: Sequence[str] | None = None
             metrics["ece"] = lambda s: sum(np.abs(s[f"gap{b}"]) for b in range(ECE_BINS + 1)) / s["one"]
             cols["brier"] = brier_per_row(probs, y)
             metrics["brier"] = lambda s: _ratio(s["brier"], s["one"])
+    if rows.label_sets is not None and rows.label_names:
+        multilabel_columns(rows.label_sets, rows.label_names, cols, metrics)
     if rows.targets is not None and rows.predictions is not None:
         regression_columns(rows.targets, rows.predictions, cols, metrics)
     names = rows.values if available is None else [n for n in rows.values if n in available]
@@ -166,6 +171,41 @@ def columns_and_metrics(rows: Rows, available: Sequence[str] | None = None
         loss = metrics["loss"]
         metrics["perplexity"] = lambda s: np.exp(np.minimum(loss(s), 700.0))
     return cols, metrics
+
+
+def multilabel_columns(label_sets: tuple[np.ndarray, np.ndarray], names: list[str], cols: dict[str, np.ndarray],
+                       metrics: dict[str, Metric]) -> None:
+    """Per-label true/false positives and false negatives of a multi-label task, and torchmetrics' multi-label
+    precision/recall/F1 from their sums: per label, macro (the plain mean over labels, a label with nothing to
+    score counting 0, as torchmetrics' multi-label macro does) and micro F1 (over all label cells)."""
+    true, pred = (np.asarray(m, dtype=bool) for m in label_sets)
+    k = len(names)
+    for c in range(k):
+        cols[f"mtp{c}"] = (true[:, c] & pred[:, c]).astype(float)
+        cols[f"mfp{c}"] = (~true[:, c] & pred[:, c]).astype(float)
+        cols[f"mfn{c}"] = (true[:, c] & ~pred[:, c]).astype(float)
+
+    def per_label(kind: str, c: int) -> Metric:
+        if kind == "precision":
+            return lambda s: _ratio(s[f"mtp{c}"], s[f"mtp{c}"] + s[f"mfp{c}"])
+        if kind == "recall":
+            return lambda s: _ratio(s[f"mtp{c}"], s[f"mtp{c}"] + s[f"mfn{c}"])
+        return lambda s: _ratio(2 * s[f"mtp{c}"], 2 * s[f"mtp{c}"] + s[f"mfp{c}"] + s[f"mfn{c}"])
+
+    def macro(kind: str) -> Metric:
+        return lambda s: sum(per_label(kind, c)(s) for c in range(k)) / k
+
+    for kind in ("precision", "recall", "f1"):
+        for c, name in enumerate(names):
+            metrics[f"{kind}/{name}"] = per_label(kind, c)
+        metrics[f"{kind}_macro"] = macro(kind)
+
+    def micro_f1(s: dict[str, np.ndarray]) -> np.ndarray:
+        tp = sum(s[f"mtp{c}"] for c in range(k))
+        wrong = sum(s[f"mfp{c}"] + s[f"mfn{c}"] for c in range(k))
+        return _ratio(2 * tp, 2 * tp + wrong)
+
+    metrics["f1_micro"] = micro_f1
 
 
 def _evaluate(metrics: dict[str, Metric], names: list[str], sums: np.ndarray) -> dict[str, np.ndarray]:
