@@ -377,9 +377,11 @@ def logged_metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
     run included); `<key>_epoch` is also given as `<key>`, as Lightning's callback_metrics do at an epoch's end."""
     import csv
 
-    path = flush_csv_logs(trainer)
     values: dict[str, float] = {}
-    if trainer.is_global_zero and path.is_file():
+    if not trainer.is_global_zero:  # (other ranks' CSV loggers hold no file: only rank 0 writes metrics.json)
+        return values
+    path = flush_csv_logs(trainer)
+    if path.is_file():
         with open(path, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 for key, value in row.items():
