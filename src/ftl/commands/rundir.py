@@ -99,7 +99,7 @@ def newest_resumable(root: str | Path, name: str) -> Path | None:
 # Files a run's reports derive from its checkpoints. A resumed fit changes what they describe, so it removes
 # them first (each is written again as the run goes on): none then cites a deleted checkpoint or an old model.
 DERIVED = (FINISHED, "metrics.json", "summary.md", "compare.md", "compare.json", "compare", "test_predictions.csv",
-           "generations.jsonl", "confusion_matrix.csv", "plots", "hf_model")
+           "test_rows.json", "generations.jsonl", "confusion_matrix.csv", "plots", "hf_model")
 
 
 def mark_finished(run_dir: Path, epoch: int, global_step: int) -> None:
