@@ -291,3 +291,23 @@ def test_compare_runs_pairs_regression_runs_by_their_saved_rows(fitted):
         row = rows[f"test/{key}"]
         assert (row["change"], row["change_ci_low"], row["change_ci_high"]) == (0, 0, 0), key
         assert row["p_value"] == 1.0 and row["verdict"] == "no_difference", key
+
+
+def test_a_bad_target_in_json_lines_is_one_line_naming_the_line(score_pairs_dir, tiny_bert, tmp_path, cli, capsys):
+    """A JSONL target column mixing numbers and text cannot be loaded at all (Arrow types the column from the
+    numbers): the error names the line instead of the loader's message."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "val", "test"):
+        rows = read_rows(score_pairs_dir / f"{split}.csv")
+        lines = [{"note": r["note"], "summary": r["summary"], "score": float(r["score"])} for r in rows]
+        if split == "train":
+            lines[4]["score"] = "abc"
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(SystemExit) as stop:
+        cli("fit", *regression_args(data, tiny_bert, tmp_path / "run"))
+    assert stop.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ftl: error:")]
+    assert err == [f"ftl: error: data file '{data / 'train.jsonl'}': line 5 has target 'abc' in column 'score', "
+                   "not a number: fix or drop the row"]
+    assert not (tmp_path / "run").exists()

@@ -100,6 +100,28 @@ class TextRegressionDataModule(TextDataModule):
         # column is typed apart from the other files'), and the bad row could not be named
         return {"converters": {self.label_column: str}} if builder == "csv" else {}
 
+    def row_problem(self, path: Path) -> str | None:
+        # JSON Lines targets cannot be read as text as CSV's are (`load_options`): a column mixing numbers and
+        # text fails to load as a whole, so the bad row is found here
+        if path.suffix.lower() not in (".jsonl", ".json"):
+            return None
+        import json
+
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    return None  # a malformed line is file_problem's to name
+                value = row.get(self.label_column) if isinstance(row, dict) else None
+                if parse_target(value) is None:
+                    found = "no target" if value is None else f"target {value!r}"
+                    return (f"line {number} has {found} in column '{self.label_column}', not a number: fix or "
+                            "drop the row")
+        return None
+
     def _prepare_raw(self, raw):
         import datasets
 

@@ -307,6 +307,12 @@ class TextDataModule(L.LightningDataModule):
         e.g. a column read as text so that `_prepare_raw` can name a bad cell; none by default."""
         return {}
 
+    def row_problem(self, path: Path) -> str | None:
+        """A row of a well-formed file that this data module cannot load ("line 7: ..."), or None; asked only when
+        loading failed, to name the row instead of the loader's message (e.g. a JSONL target column mixing
+        numbers and text, which Arrow refuses for the whole file). None by default."""
+        return None
+
     def _prepare_raw(self, raw: Any) -> Any:
         """Validate and normalise the raw DatasetDict (labels to ids, etc.) before splitting."""
         return raw
@@ -376,6 +382,8 @@ class TextDataModule(L.LightningDataModule):
                 for path in (Path(p).expanduser() for paths in files.values() for p in paths):
                     if (problem := file_problem(path)) is not None:
                         raise FTLError(f"data file '{path}' is malformed: {problem}") from None
+                    if (problem := self.row_problem(path)) is not None:
+                        raise FTLError(f"data file '{path}': {problem}") from None
                 root = err
                 while root.__cause__ is not None or root.__context__ is not None:
                     root = root.__cause__ or root.__context__
