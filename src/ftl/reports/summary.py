@@ -201,7 +201,10 @@ def render(info: dict[str, Any]) -> str:
             out.append(f"- **Training time**: {info['fit_seconds']:.1f} s (whole fit, wall clock)")
         for key, label, unit in (("train/runtime", "Training loop (incl. validation)", " s"),
                                  ("train/samples_per_sec", "Train samples/s", ""),
-                                 ("train/steps_per_sec", "Train steps/s", "")):
+                                 ("train/steps_per_sec", "Train steps/s", ""),
+                                 ("train/tokens_per_sec", "Train tokens/s (non-padding)", ""),
+                                 ("train/tflops", "Train model TFLOP/s (without validation)", ""),
+                                 ("train/mfu", "Train MFU", "")):
             if key in m:
                 out.append(f"- **{label}**: {format_value(key, m[key])}{unit}")
         final = m.get("train/loss_epoch", m.get("train/loss"))
