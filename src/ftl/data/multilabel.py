@@ -9,13 +9,12 @@ an empty cell means no label).
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from pathlib import Path
 from typing import Any
 
-from ftl.data.text import TextDataModule, check_text_column, column, column_error
+from ftl.data.text import TextDataModule, check_text_column, column, column_error, write_csv_splits
 from ftl.errors import FTLError
 from ftl.hub import cache_root
 
@@ -151,13 +150,4 @@ def write_multilabel_splits(folder: Path, n_train: int, n_val: int, n_test: int,
     rows = make_multilabel_rows(n_train + n_val + n_test, seed)
     if len(rows) < n_train + n_val + n_test:
         raise FTLError("could not generate that many synthetic rows: ask for fewer")
-    folder.mkdir(parents=True, exist_ok=True)
-    parts = {"train": rows[:n_train], "val": rows[n_train : n_train + n_val], "test": rows[n_train + n_val :]}
-    for split, part in parts.items():
-        tmp = folder / f".{split}.csv.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["text", "labels"], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(part)
-        tmp.replace(folder / f"{split}.csv")
-    return folder
+    return write_csv_splits(folder, rows, (n_train, n_val, n_test), ["text", "labels"])

@@ -12,7 +12,6 @@ regression set).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import random
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ftl.data.classification import PairTruncation, encode_texts
-from ftl.data.text import TextDataModule, check_text_column, column, column_error
+from ftl.data.text import TextDataModule, check_text_column, column, column_error, write_csv_splits
 from ftl.errors import FTLError
 from ftl.hub import cache_root
 
@@ -212,16 +211,7 @@ def make_severity_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
 def write_severity_splits(folder: Path, n_train: int, n_val: int, n_test: int, seed: int = 0) -> Path:
     """train/val/test.csv (columns text,severity) of `make_severity_rows`; same arguments, same bytes."""
     rows = make_severity_rows(n_train + n_val + n_test, seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    parts = {"train": rows[:n_train], "val": rows[n_train:n_train + n_val], "test": rows[n_train + n_val:]}
-    for split, part in parts.items():
-        tmp = folder / f".{split}.csv.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["text", "severity"], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(part)
-        tmp.replace(folder / f"{split}.csv")
-    return folder
+    return write_csv_splits(folder, rows, (n_train, n_val, n_test), ["text", "severity"])
 
 
 class SyntheticSeverityDataModule(TextRegressionDataModule):

@@ -147,6 +147,26 @@ def _split_of(path: Path) -> str | None:
     return None
 
 
+def write_csv_splits(folder: Path, rows: list[dict[str, Any]], sizes: tuple[int, int, int],
+                     fieldnames: list[str]) -> Path:
+    """Generated rows as train/val/test.csv (the first `sizes[0]` rows are train, and so on), each written via a
+    temporary file and a rename, so a data module that finds the file finds it whole."""
+    import csv
+
+    n_train, n_val, n_test = sizes
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {"train": rows[:n_train], "val": rows[n_train:n_train + n_val],
+             "test": rows[n_train + n_val:n_train + n_val + n_test]}
+    for split, part in parts.items():
+        tmp = folder / f".{split}.csv.tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(part)
+        tmp.replace(folder / f"{split}.csv")
+    return folder
+
+
 def find_split_files(data_dir: str | os.PathLike) -> dict[str, list[str]]:
     """Map split name -> its files in `data_dir`: `train.csv`, `validation.jsonl`, sharded
     `train-00000-of-00002.parquet`, files inside `train/` sub-folders, and the Hub's `data/` layout."""
