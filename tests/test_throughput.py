@@ -62,8 +62,8 @@ def test_a_run_reports_tokens_per_second_of_exactly_the_tokens_it_saw_and_mfu_ag
     assert 0 < metrics["train/tflops"] and "val/tokens_per_sec" in metrics
     summary = (run / "summary.md").read_text()
     assert f"**Train tokens/s (non-padding)**: {metrics['train/tokens_per_sec']:.2f}" in summary
-    assert f"**Train model TFLOP/s (without validation)**: {metrics['train/tflops']:.3g}" in summary
-    assert f"**Train MFU**: {metrics['train/mfu']:.2f}" in summary
+    assert f"**Train model TFLOP/s (without validation)**: {metrics['train/tflops']:.4f}" in summary
+    assert f"**Train MFU**: {metrics['train/mfu']:.4f}" in summary
 
 
 def test_without_a_known_peak_there_is_no_mfu(tmp_path, tiny_data_dir, tiny_bert, cli):

@@ -51,7 +51,8 @@ _ROWS: list[tuple[str, str]] = [
     ("tflops", "Eval TFLOP/s"),
     ("mfu", "Eval MFU"),
 ]
-_SPEED = ("runtime", "samples_per_sec", "steps_per_sec", "tokens_per_sec", "tflops", "mfu")
+# shown with 2 decimals (TFLOP/s and MFU keep 4: a tiny model on a CPU reaches ~0.0003 TFLOP/s)
+_SPEED = ("runtime", "samples_per_sec", "steps_per_sec", "tokens_per_sec")
 
 
 def label_names_in(keys: Iterable[str], stage: str = "test") -> list[str]:
@@ -87,8 +88,6 @@ def format_value(key: str, value: float | None, signed: bool = False) -> str:
     """Speed rows (seconds, per-second rates) with 2 decimals, everything else with 4; n/a when missing."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    if key.endswith("/tflops"):  # from ~1e-4 (a tiny model on a CPU) to hundreds (a GPU): significant digits
-        return f"{value:+.3g}" if signed else f"{value:.3g}"
     digits = 2 if key.rsplit("/", 1)[-1] in _SPEED else 4
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
