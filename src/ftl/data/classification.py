@@ -36,7 +36,72 @@ def encode_texts(tokenizer: Any, texts: list[Any], pairs: list[Any] | None, max_
                        "--data.max_length") from None
 
 
-class TextClassificationDataModule(TextDataModule):
+class LabelledTextDataModule(TextDataModule):
+    """Rows of one text (`text_column`) or a pair (`text_pair_column`) and a label column: what classification and
+    regression data share. Subclasses turn the label column into `labels` in `_prepare_raw`, after
+    `check_inputs`."""
+
+    def __init__(
+        self,
+        *args: Any,
+        text_column: str = "text",
+        label_column: str = "label",
+        text_pair_column: str | None = None,
+        pair_truncation: PairTruncation = "longest_first",
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            text_column: the column holding the text (the first text of a pair).
+            label_column: the column holding the label (classification: an int or a string; regression: a
+                number).
+            text_pair_column: the column holding the second text of a pair (None: one text per row).
+            pair_truncation: how a pair longer than max_length is cut: "longest_first" (tokens from the
+                longer text first), "only_first" or "only_second".
+        """
+        super().__init__(*args, **kwargs)
+        self.text_column = text_column
+        self.label_column = label_column
+        self.text_pair_column = text_pair_column
+        self.pair_truncation = pair_truncation
+
+    def text_columns(self) -> list[str]:
+        """The text, and the second text of a pair when there is one."""
+        return [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
+
+    def required_columns(self) -> list[str]:
+        return [*self.text_columns(), self.label_column]
+
+    def input_columns(self) -> list[str]:
+        return self.text_columns()  # records and predictions show both texts of a pair
+
+    def tokenization_settings(self) -> dict[str, Any]:
+        return {"pair_truncation": self.pair_truncation} if self.text_pair_column else {}
+
+    def check_inputs(self, raw: Any) -> None:
+        """Every split has the text, pair and label columns, and no text column is empty in all its rows."""
+        for split, ds in raw.items():
+            for kind, name, option in (
+                ("text", self.text_column, "data.text_column"),
+                ("text pair", self.text_pair_column, "data.text_pair_column"),
+                ("label", self.label_column, "data.label_column"),
+            ):
+                if name is not None and name not in ds.column_names:
+                    raise column_error(kind, name, split, ds.column_names, option)
+        for split, ds in raw.items():
+            for name, option in zip(self.text_columns(), ("--data.text_column", "--data.text_pair_column"),
+                                    strict=False):
+                check_text_column(ds, name, split, option)
+
+    def _tokenize_batch(self, batch: dict[str, list]) -> dict[str, list]:
+        pairs = batch[self.text_pair_column] if self.text_pair_column else None
+        encoded = encode_texts(self.tokenizer, batch[self.text_column], pairs, self.max_length, self.pair_truncation)
+        if "labels" in batch:  # prediction inputs have none
+            encoded["labels"] = batch["labels"]
+        return encoded
+
+
+class TextClassificationDataModule(LabelledTextDataModule):
     """Single-label text classification from any source `TextDataModule` reads.
 
     `label_names` fixes the label order when given; otherwise it is taken from a `ClassLabel` feature,
@@ -50,31 +115,18 @@ class TextClassificationDataModule(TextDataModule):
     def __init__(
         self,
         *args: Any,
-        text_column: str = "text",
-        label_column: str = "label",
         label_names: list[str] | None = None,
         oversample: bool = False,
-        text_pair_column: str | None = None,
-        pair_truncation: PairTruncation = "longest_first",
         **kwargs: Any,
     ) -> None:
         """
         Args:
-            text_column: the column holding the text (the first text of a pair).
-            label_column: the column holding the label (an int or a string).
             label_names: label names in id order (default: from the data).
             oversample: draw training rows so that each label is drawn equally often.
-            text_pair_column: the column holding the second text of a pair (None: one text per row).
-            pair_truncation: how a pair longer than max_length is cut: "longest_first" (tokens from the
-                longer text first), "only_first" or "only_second".
         """
         super().__init__(*args, **kwargs)
-        self.text_column = text_column
-        self.label_column = label_column
         self._label_names = list(label_names) if label_names else None
         self.oversample = oversample
-        self.text_pair_column = text_pair_column
-        self.pair_truncation = pair_truncation
 
     # ------------------------------------------------------------------ labels (linked into the model)
     @property
@@ -105,37 +157,13 @@ class TextClassificationDataModule(TextDataModule):
         return [1.0 / counts[label] for label in column(self.raw["train"], "labels")]
 
     # ------------------------------------------------------------------ hooks
-    def text_columns(self) -> list[str]:
-        """The text, and the second text of a pair when there is one."""
-        return [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
-
-    def required_columns(self) -> list[str]:
-        return [*self.text_columns(), self.label_column]
-
-    def input_columns(self) -> list[str]:
-        return self.text_columns()  # records and predictions show both texts of a pair
-
-    def tokenization_settings(self) -> dict[str, Any]:
-        return {"pair_truncation": self.pair_truncation} if self.text_pair_column else {}
-
     def stratify_column(self) -> str | None:
         return "labels"
 
     def _prepare_raw(self, raw):
         import datasets
 
-        for split, ds in raw.items():
-            for kind, name, option in (
-                ("text", self.text_column, "data.text_column"),
-                ("text pair", self.text_pair_column, "data.text_pair_column"),
-                ("label", self.label_column, "data.label_column"),
-            ):
-                if name is not None and name not in ds.column_names:
-                    raise column_error(kind, name, split, ds.column_names, option)
-        for split, ds in raw.items():
-            check_text_column(ds, self.text_column, split, "--data.text_column")
-            if self.text_pair_column:
-                check_text_column(ds, self.text_pair_column, split, "--data.text_pair_column")
+        self.check_inputs(raw)
         if self._label_names is None:
             self._label_names = self._infer_label_names(raw)
         names = self._label_names
@@ -204,13 +232,6 @@ class TextClassificationDataModule(TextDataModule):
         if ints and ints[0] >= 0:
             return [str(i) for i in range(ints[-1] + 1)]
         raise FTLError(f"cannot infer label names from labels {ints[:10]}: set data.label_names")
-
-    def _tokenize_batch(self, batch: dict[str, list]) -> dict[str, list]:
-        pairs = batch[self.text_pair_column] if self.text_pair_column else None
-        encoded = encode_texts(self.tokenizer, batch[self.text_column], pairs, self.max_length, self.pair_truncation)
-        if "labels" in batch:  # prediction inputs have none
-            encoded["labels"] = batch["labels"]
-        return encoded
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         return self.collator(features)

@@ -19,8 +19,8 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from ftl.data.classification import PairTruncation, encode_texts
-from ftl.data.text import TextDataModule, check_text_column, column, column_error, write_csv_splits
+from ftl.data.classification import LabelledTextDataModule
+from ftl.data.text import column, write_csv_splits
 from ftl.errors import FTLError
 from ftl.hub import cache_root
 
@@ -43,31 +43,8 @@ def parse_target(value: Any) -> float | None:
     return float(value)
 
 
-class TextRegressionDataModule(TextDataModule):
-    """One number per row, predicted from a text (`text_column`) or a pair (`text_pair_column`)."""
-
-    def __init__(
-        self,
-        *args: Any,
-        text_column: str = "text",
-        label_column: str = "label",
-        text_pair_column: str | None = None,
-        pair_truncation: PairTruncation = "longest_first",
-        **kwargs: Any,
-    ) -> None:
-        """
-        Args:
-            text_column: the column holding the text (the first text of a pair).
-            label_column: the column holding the target number.
-            text_pair_column: the column holding the second text of a pair (None: one text per row).
-            pair_truncation: how a pair longer than max_length is cut: "longest_first" (tokens from the
-                longer text first), "only_first" or "only_second".
-        """
-        super().__init__(*args, **kwargs)
-        self.text_column = text_column
-        self.label_column = label_column
-        self.text_pair_column = text_pair_column
-        self.pair_truncation = pair_truncation
+class TextRegressionDataModule(LabelledTextDataModule):
+    """One number per row (`label_column`), predicted from a text (`text_column`) or a pair (`text_pair_column`)."""
 
     # ------------------------------------------------------------------ linked into the model by the CLI
     @property
@@ -79,20 +56,8 @@ class TextRegressionDataModule(TextDataModule):
         return [mean, std]
 
     # ------------------------------------------------------------------ hooks
-    def text_columns(self) -> list[str]:
-        return [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
-
-    def required_columns(self) -> list[str]:
-        return [*self.text_columns(), self.label_column]
-
-    def input_columns(self) -> list[str]:
-        return self.text_columns()
-
     def reference_column(self) -> str | None:
         return "labels"  # records show each target as the data has it (batches carry it as float32)
-
-    def tokenization_settings(self) -> dict[str, Any]:
-        return {"pair_truncation": self.pair_truncation} if self.text_pair_column else {}
 
     def load_options(self, builder: str) -> dict[str, Any]:
         # CSV targets are read as text: a file with one bad cell would otherwise fail to load as a whole (its
@@ -124,15 +89,7 @@ class TextRegressionDataModule(TextDataModule):
     def _prepare_raw(self, raw):
         import datasets
 
-        for split, ds in raw.items():
-            for kind, name, option in (("text", self.text_column, "data.text_column"),
-                                       ("text pair", self.text_pair_column, "data.text_pair_column"),
-                                       ("label", self.label_column, "data.label_column")):
-                if name is not None and name not in ds.column_names:
-                    raise column_error(kind, name, split, ds.column_names, option)
-            for name, option in zip(self.text_columns(), ("--data.text_column", "--data.text_pair_column"),
-                                    strict=False):
-                check_text_column(ds, name, split, option)
+        self.check_inputs(raw)
         out = {}
         for split, ds in raw.items():
             targets = self._targets(ds, split)
@@ -155,13 +112,6 @@ class TextRegressionDataModule(TextDataModule):
             raise FTLError(f"row {i + 1} of the {split} split ('{text}') has {found} in column "
                            f"'{self.label_column}', not a number{more}: fix or drop the row")
         return targets
-
-    def _tokenize_batch(self, batch: dict[str, list]) -> dict[str, list]:
-        pairs = batch[self.text_pair_column] if self.text_pair_column else None
-        encoded = encode_texts(self.tokenizer, batch[self.text_column], pairs, self.max_length, self.pair_truncation)
-        if "labels" in batch:  # prediction inputs have none
-            encoded["labels"] = [float(t) for t in batch["labels"]]
-        return encoded
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(features)
