@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ftl.errors import FTLError
+from ftl.reports.callbacks import write_json
 
 # Written when a `fit` command ends without interruption, after its test and comparison: `--ckpt_path last`
 # continues only runs without it (one whose training ended but whose test was cut off tests again).
@@ -104,12 +105,7 @@ DERIVED = (FINISHED, "metrics.json", "summary.md", "compare.md", "compare.json",
 
 def mark_finished(run_dir: Path, epoch: int, global_step: int) -> None:
     """The run's fit command completed: training, and the test and comparison after it."""
-    import json
-
-    path = Path(run_dir) / FINISHED
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"epoch": epoch, "global_step": global_step}) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json(Path(run_dir) / FINISHED, {"epoch": epoch, "global_step": global_step})
 
 
 def clear_derived(run_dir: Path) -> list[str]:

@@ -15,13 +15,13 @@ global random state), so the same arguments always give the same rows and the sa
 
 from __future__ import annotations
 
-import csv
 import os
 import random
 from pathlib import Path
 from typing import Any
 
 from ftl.data.classification import TextClassificationDataModule
+from ftl.data.text import write_csv_splits
 from ftl.errors import FTLError
 from ftl.hub import cache_root
 
@@ -397,22 +397,12 @@ def write_splits(
         if value < 0:
             raise FTLError(f"{name} must be >= 0, got {value}")
     _check_fraction(label_noise)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     seen: set[str] = set()
-    splits = {
-        "train": add_label_noise(_generate(n_train, rng, seen), label_noise, seed),
-        "val": _generate(n_val, rng, seen),
-        "test": _generate(n_test, rng, seen),
-    }
-    for split, rows in splits.items():
-        with open(out / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["text", "label", "label_name"])
-            for row in rows:
-                writer.writerow([row["text"], row["label"], LABEL_NAMES[row["label"]]])
-    return out
+    rows = add_label_noise(_generate(n_train, rng, seen), label_noise, seed)
+    rows += _generate(n_val, rng, seen) + _generate(n_test, rng, seen)
+    rows = [{"text": row["text"], "label": row["label"], "label_name": LABEL_NAMES[row["label"]]} for row in rows]
+    return write_csv_splits(Path(out_dir), rows, (n_train, n_val, n_test), ["text", "label", "label_name"])
 
 
 class SyntheticHealthDataModule(TextClassificationDataModule):

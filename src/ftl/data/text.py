@@ -42,10 +42,15 @@ def _builder_for(paths: Sequence[str]) -> tuple[str, dict[str, Any]]:
     return builders.pop(), options
 
 
+def arrow_column(ds: Any, name: str) -> Any:
+    """A column of a `datasets.Dataset` as the Arrow array it is (its rows in order after a select or a split)."""
+    table = ds.data if ds._indices is None else ds.flatten_indices().data
+    return table.column(name)
+
+
 def column(ds: Any, name: str) -> list:
     """A column as a Python list, straight from Arrow (`ds[name]` iterates row by row in `datasets` >= 4)."""
-    table = ds.data if ds._indices is None else ds.flatten_indices().data
-    return table.column(name).to_pylist()
+    return arrow_column(ds, name).to_pylist()
 
 
 def _has_rows(path: Path) -> bool:
@@ -66,8 +71,7 @@ def empty_rows(ds: Any, name: str) -> int:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    table = ds.data if ds._indices is None else ds.flatten_indices().data
-    values = table.column(name)
+    values = arrow_column(ds, name)
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         values = pc.cast(values, pa.string())
     trimmed = pc.utf8_trim_whitespace(values)
