@@ -65,6 +65,7 @@ class FTLCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         self.run_dir: Path | None = None
         self._run_directory: RunDirectory | None = None
+        self._train_further = False  # resuming a finished run on purpose (--run_dir X --ckpt_path last)
         self._speedups = CPUSpeedups()  # switched by --cpu_speedups before the trainer exists
         self._progress_lines = ProgressLines()  # switched on when output is not a terminal (_progress_for)
         import_builtin_classes()
@@ -152,8 +153,6 @@ class FTLCLI(LightningCLI):
         self._adjust_callbacks(config.trainer)
         self._without_validation(config)
         self._earlier_metrics = self._metrics_before_resume(config)
-        # resuming a run whose fit finished is training it further on purpose (--run_dir X --ckpt_path last)
-        self._train_further = False
         if self.subcommand == "fit" and config.get("ckpt_path") and not self._run_directory.created:
             self._train_further = (self.run_dir / FINISHED).is_file()
             clear_derived(self.run_dir)
@@ -338,7 +337,7 @@ class FTLCLI(LightningCLI):
             raise
         self._keep_earlier_metrics()
         if isinstance(self.trainer.checkpoint_callback, RunCheckpoint):
-            self.trainer.checkpoint_callback.train_further = getattr(self, "_train_further", False)
+            self.trainer.checkpoint_callback.train_further = self._train_further
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:

@@ -375,21 +375,13 @@ def flush_csv_logs(trainer: L.Trainer) -> Path:
 def logged_metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
     """The last value logged under each `prefix` key in the CSV log (metrics.csv, earlier sessions of a resumed
     run included); `<key>_epoch` is also given as `<key>`, as Lightning's callback_metrics do at an epoch's end."""
-    import csv
+    from ftl.reports.tables import read_metrics_csv
 
     values: dict[str, float] = {}
     if not trainer.is_global_zero:  # (other ranks' CSV loggers hold no file: only rank 0 writes metrics.json)
         return values
-    path = flush_csv_logs(trainer)
-    if path.is_file():
-        with open(path, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                for key, value in row.items():
-                    try:
-                        if key and key.startswith(prefix) and value not in ("", None):
-                            values[key] = float(value)
-                    except ValueError:
-                        continue
+    for row in read_metrics_csv(flush_csv_logs(trainer)):
+        values.update({key: value for key, value in row.items() if key.startswith(prefix)})
     values.update({key[: -len("_epoch")]: value for key, value in list(values.items()) if key.endswith("_epoch")})
     return values
 
