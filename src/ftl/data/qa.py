@@ -1,18 +1,30 @@
-"""Question answering data for causal LMs: a prompt template, EOS after the answer, loss on answer tokens only.
+"""Supervised fine-tuning data for causal LMs: question/answer, prompt/completion or conversations; loss on answers.
 
-Each row becomes `prompt tokens + answer tokens (+ EOS)`; `labels` copy the answer tokens and mark every
-prompt (and, after batching, padding) token with -100, so the model is trained and scored on answers only.
-Rows also keep `prompt_length`, so evaluation can generate from the prompt alone.
+Each row becomes `prompt tokens + answer tokens (+ EOS or the chat template's end of turn)`; `labels` copy the
+answer tokens and mark every prompt (and, after batching, padding) token with -100, so the model is trained and
+scored on answers only. Rows also keep `prompt_length`, so evaluation can generate from the prompt alone.
+Chat-template encoding: `ftl.data.prompts`; packing: `ftl.data.packing`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ftl.data.prompts import (
+    ASSISTANT_TURNS,
+    IGNORE_INDEX,
+    PROMPT_FORMATS,
+    chat_segments,
+    check_messages,
+    encode_segments,
+    end_of_turn_ids,
+    resolve_prompt_format,
+)
+from ftl.data.sampling import sequence_lengths
 from ftl.data.text import TextDataModule, column, column_error
 from ftl.errors import FTLError
 
-IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy (and every HF loss) skips
+__all__ = ["IGNORE_INDEX", "MedQuADDataModule", "QADataModule", "encode_qa", "fill_template", "pad_batch"]
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer: "
 
 
@@ -93,7 +105,15 @@ def pad_batch(sequences: list[list[int]], value: int, left: bool = False, multip
 
 
 class QADataModule(TextDataModule):
-    """(question, answer) pairs from any source `TextDataModule` reads, for causal-LM fine-tuning.
+    """Supervised fine-tuning data for causal LMs, in the three shapes SFT datasets come in, loss on the answer only.
+
+    - question/answer columns (`question_column`, `answer_column`; the default),
+    - prompt/completion columns (`prompt_column`, `completion_column`: any names; the prompt is used as given),
+    - conversations (`messages_column`: a list of `{role, content}` per row; loss on assistant turns).
+
+    Prompts use the tokenizer's chat template (`prompt_format: chat`, with an optional `system_prompt`) or a plain
+    text template (`template`, `prompt_template`); `auto` picks chat when the tokenizer has a chat template. Rows
+    keep `prompt_length`, so evaluation generates from exactly the prompt tokens training used.
 
     `max_samples` caps the train split and `max_eval_samples` (default: `max_samples`) caps val and test,
     so `max_samples=700, max_eval_samples=150` gives the reference 700/150/150 run. A split carved out of
@@ -105,18 +125,61 @@ class QADataModule(TextDataModule):
         *args: Any,
         question_column: str = "question",
         answer_column: str = "answer",
+        prompt_column: str | None = None,
+        completion_column: str | None = None,
+        messages_column: str | None = None,
+        prompt_format: str = "auto",
         prompt_template: str = DEFAULT_TEMPLATE,
+        system_prompt: str | None = None,
+        assistant_turns: str = "all",
         add_eos: bool = True,
+        packing: bool = False,
         max_eval_samples: int | None = None,
         **kwargs: Any,
     ) -> None:
+        """
+        Args:
+            question_column: column of questions (filled into `prompt_template`, or the user turn in chat format).
+            answer_column: column of reference answers (the completion).
+            prompt_column: column of ready prompts (used as given), with `completion_column`; replaces question/answer.
+            completion_column: column of completions for `prompt_column`.
+            messages_column: column of conversations (lists of {role, content}); the last assistant turn is the
+                answer evaluated; loss on the assistant turns chosen by `assistant_turns`.
+            prompt_format: "chat" (the tokenizer's chat template with its generation prompt), "template"
+                (`prompt_template`) or "auto" (chat when the tokenizer has a chat template, else template).
+            prompt_template: text prompt with a {question} field, for the template format.
+            system_prompt: system message put first in chat prompts (None: the template's own default, if any).
+            assistant_turns: which assistant turns of a conversation carry loss: "all" or "last".
+            add_eos: end each answer with EOS in the template format (chat completions end with the template's
+                end-of-turn token).
+            packing: pack training sequences best-fit into rows of `max_length` tokens, attention kept inside each
+                sequence (`ftl.data.packing`); evaluation is never packed.
+            max_eval_samples: rows kept in val and test (default: `max_samples`).
+        """
         super().__init__(*args, **kwargs)
         self.question_column = question_column
         self.answer_column = answer_column
+        self.prompt_column = prompt_column
+        self.completion_column = completion_column
+        self.messages_column = messages_column
+        self.prompt_format = prompt_format
         self.prompt_template = prompt_template
+        self.system_prompt = system_prompt
+        self.assistant_turns = assistant_turns
         self.add_eos = add_eos
+        self.packing = packing
         self.max_eval_samples = max_eval_samples
-        fill_template(prompt_template, "")  # a template without {question} fails now, not after loading
+        self._longest_completion: int | None = None
+        if prompt_format not in PROMPT_FORMATS:  # (resolved against the tokenizer when it is loaded)
+            raise FTLError(f"data.prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+        if assistant_turns not in ASSISTANT_TURNS:
+            raise FTLError(f"data.assistant_turns must be 'all' or 'last', got {assistant_turns!r}")
+        if (prompt_column is None) != (completion_column is None):
+            raise FTLError("set both data.prompt_column and data.completion_column (or neither)")
+        if messages_column and prompt_column:
+            raise FTLError("set data.messages_column or data.prompt_column/completion_column, not both")
+        if prompt_format != "chat":
+            fill_template(prompt_template, "")  # a template without {question} fails now, not after loading
 
     # ------------------------------------------------------------------ tokenizer
     @property
@@ -139,46 +202,112 @@ class QADataModule(TextDataModule):
         tok.init_kwargs["padding_side"] = "left"  # save_pretrained writes init_kwargs, not the attribute
         return tok
 
+    @property
+    def format(self) -> str:
+        """The prompt format in use: "chat" or "template" (`prompt_format` resolved against the tokenizer)."""
+        fmt = resolve_prompt_format(self.tokenizer, self.prompt_format, self.tokenizer_name)
+        if self.messages_column and fmt != "chat":
+            raise FTLError(f"data.messages_column needs a chat template and tokenizer '{self.tokenizer_name}' has "
+                           "none: use a chat model's tokenizer, or question/answer columns")
+        return fmt
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Tokens that end an answer: EOS, and in the chat format the template's end-of-turn token."""
+        tok = self.tokenizer
+        return end_of_turn_ids(tok) if self.format == "chat" else [tok.eos_token_id]
+
+    def longest_completion(self) -> int | None:
+        """The longest completion (tokens, end-of-turn included) among the training rows as encoded: answers
+        generated up to this length are as long as any the model was trained to give (`max_new_tokens` auto)."""
+        if self._longest_completion is None:
+            split = "train" if "train" in self.raw else next(iter(self.raw), None)
+            if split is None:
+                return None
+            ds = self.tokenize_split(split)
+            lengths = sequence_lengths(ds)
+            prompts = ds.data.column("prompt_length").to_pylist()
+            self._longest_completion = max((n - p for n, p in zip(lengths, prompts, strict=True)), default=0)
+        return self._longest_completion
+
     # ------------------------------------------------------------------ hooks
+    def _columns(self) -> tuple[str, str | None]:
+        """(input column, reference column) of the data's shape."""
+        if self.messages_column:
+            return self.messages_column, None
+        if self.prompt_column:
+            return self.prompt_column, self.completion_column
+        return self.question_column, self.answer_column
+
     def required_columns(self) -> list[str]:
-        return [self.question_column, self.answer_column]
+        return [c for c in self._columns() if c is not None]
 
     def input_columns(self) -> list[str]:
-        return [self.question_column]
+        return [self._columns()[0]]
 
     def reference_column(self) -> str | None:
-        return self.answer_column  # generations.jsonl and ROUGE compare with the full answer, never truncated
+        return self._columns()[1]  # generations.jsonl and ROUGE compare with the full answer, never truncated
 
     def group_column(self) -> str | None:
-        return self.question_column
+        return None if self.messages_column else self._columns()[0]
 
     def tokenization_settings(self) -> dict[str, Any]:
-        # (the columns are in the cache key already: required_columns)
-        return {"prompt_template": self.prompt_template, "add_eos": self.add_eos}
+        # (the columns are in the cache key already: required_columns; the chat template is in the tokenizer's)
+        fmt = self.format
+        settings: dict[str, Any] = {"format": fmt, "add_eos": self.add_eos, "layout": 2}
+        if fmt == "chat":
+            settings.update(system_prompt=self.system_prompt, assistant_turns=self.assistant_turns,
+                            chat_template=self.tokenizer.chat_template)
+        elif not self.prompt_column:
+            settings["prompt_template"] = self.prompt_template
+        return settings
+
+    def row_inputs(self, split: str) -> list[dict[str, Any]]:
+        """Conversations without their final answer (what the model is asked); other shapes as given."""
+        rows = super().row_inputs(split)
+        if self.messages_column:
+            for row in rows:
+                turns = row[self.messages_column] or []
+                row[self.messages_column] = turns[:-1] if turns and turns[-1]["role"] == "assistant" else turns
+        return rows
+
+    def row_references(self, split: str) -> list[Any] | None:
+        """The reference answers; for conversations, the content of the last assistant turn."""
+        if not self.messages_column:
+            return super().row_references(split)
+        turns = column(self._split_data(split), self.messages_column)
+        return [t[-1]["content"] if t and t[-1]["role"] == "assistant" else None for t in turns]
 
     def _prepare_raw(self, raw):
-        """Check columns (falling back to a case-insensitive match: hub copies use `Question`/`Answer`)
-        and drop rows without a question or an answer, which teach nothing."""
+        """Check columns (question/answer fall back to a case-insensitive match: hub copies use `Question`/`Answer`)
+        and drop rows without an input or an answer, which teach nothing."""
         import datasets
 
         out = {}
         for split, ds in raw.items():
-            for kind, name, option in (
-                ("question", self.question_column, "data.question_column"),
-                ("answer", self.answer_column, "data.answer_column"),
-            ):
+            names = [("input", self._columns()[0], "data.messages_column" if self.messages_column else
+                      "data.prompt_column" if self.prompt_column else "data.question_column")]
+            if self._columns()[1]:
+                names.append(("answer", self._columns()[1], "data.completion_column" if self.prompt_column
+                              else "data.answer_column"))
+            for kind, name, option in names:
                 if name not in ds.column_names:
                     matches = [c for c in ds.column_names if c.lower() == name.lower()]
-                    if len(matches) != 1:
+                    if len(matches) != 1 or self.messages_column or self.prompt_column:
                         raise column_error(kind, name, split, ds.column_names, option)
                     ds = ds.rename_column(matches[0], name)
-            keep = [
-                i for i, (q, a) in enumerate(zip(column(ds, self.question_column), column(ds, self.answer_column),
-                                                 strict=True))
-                if q is not None and str(q).strip() and a is not None and str(a).strip()
-            ]
+            if self.messages_column:
+                keep = [i for i, turns in enumerate(column(ds, self.messages_column))
+                        if check_messages(turns, f"row {i + 1} of the {split} split")[-1]["role"] == "assistant"]
+                what = "ending in an assistant turn"
+            else:
+                keep = [i for i, (q, a) in enumerate(zip(*(column(ds, c) for c in self.required_columns()),
+                                                         strict=True))
+                        if q is not None and str(q).strip() and a is not None and str(a).strip()]
+                what = "without an input or answer"
             if len(keep) < len(ds):
-                print(f"ftl: dropped {len(ds) - len(keep)} rows without a question or answer from the {split} split")
+                print(f"ftl: dropped {len(ds) - len(keep)} rows {'not ' if self.messages_column else ''}{what} "
+                      f"from the {split} split")
                 ds = ds.select(keep).flatten_indices()
             out[split] = ds
         return datasets.DatasetDict(out)
@@ -197,29 +326,77 @@ class QADataModule(TextDataModule):
     def _prompts(self, questions: list) -> list[str]:
         return [fill_template(self.prompt_template, str(q).strip()) for q in questions]
 
+    def _conversation(self, prompt: str, answer: str | None) -> list[dict[str, str]]:
+        turns = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        turns.append({"role": "user", "content": prompt})
+        if answer is not None:
+            turns.append({"role": "assistant", "content": answer})
+        return turns
+
     def _tokenize_batch(self, batch: dict[str, list]) -> dict[str, list]:
-        prompts = self._prompts(batch[self.question_column])
-        answers = batch.get(self.answer_column)
-        if answers is not None:
-            answers = [str(a).strip() for a in answers]
-        return encode_qa(self.tokenizer, prompts, answers, self.max_length, self.add_eos)
+        tok, fmt = self.tokenizer, self.format
+        inputs_column, answer_column = self._columns()
+        inputs = batch[inputs_column]
+        if self.messages_column:
+            rows = []
+            for turns in inputs:
+                turns = check_messages(turns, "a conversation")
+                if self.system_prompt and turns[0]["role"] != "system":
+                    turns = [{"role": "system", "content": self.system_prompt}, *turns]
+                answered = turns[-1]["role"] == "assistant"
+                rows.append(chat_segments(tok, turns, self.assistant_turns, answer=answered))
+            return encode_segments(tok, rows, self.max_length)
+        answers = batch.get(answer_column) if answer_column else None
+        answers = None if answers is None else [str(a).strip() for a in answers]
+        prompts = [str(p).strip() for p in inputs] if self.prompt_column and fmt == "chat" else (
+            [str(p) for p in inputs] if self.prompt_column else None)
+        if fmt == "chat":
+            questions = prompts if prompts is not None else [str(q).strip() for q in inputs]
+            rows = [chat_segments(tok, self._conversation(q, None if answers is None else answers[i]),
+                                  answer=answers is not None) for i, q in enumerate(questions)]
+            return encode_segments(tok, rows, self.max_length)
+        return encode_qa(tok, prompts if prompts is not None else self._prompts(inputs), answers, self.max_length,
+                         self.add_eos)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Tokenized splits; with `packing`, the train split packed into rows (once per data module)."""
+        super().setup(stage)
+        train = self.datasets.get("train")
+        if self.packing and train is not None and "seq_lengths" not in train.column_names:
+            from ftl.data.packing import pack_dataset
+
+            self.longest_completion()  # (read from the unpacked rows)
+            packed = pack_dataset(train, self.max_length)
+            real = sum(sequence_lengths(train))
+            print(f"ftl: packed {len(train):,} training sequences into {len(packed):,} rows of up to "
+                  f"{self.max_length} tokens ({real / (len(packed) * self.max_length):.1%} of their slots used)")
+            self.datasets["train"] = packed
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """Training inputs padded right (labels with -100), plus the prompts alone padded LEFT for generation.
 
         Hand-written because one batch needs two paddings on opposite sides with different fill values;
-        per batch (to `padding_multiple`), never to max_length.
+        per batch (to `padding_multiple`), never to max_length. Packed rows get per-sequence `position_ids`
+        instead (`ftl.data.packing`); their attention mask only marks real tokens (for token counts) and is
+        not given to the model.
         """
-
         pad, multiple = self.tokenizer.pad_token_id, self.padding_multiple or 1
         ids = [list(f["input_ids"]) for f in features]
-        prompts = [seq[: int(f["prompt_length"])] for seq, f in zip(ids, features, strict=True)]
         batch = {
             "input_ids": pad_batch(ids, pad, multiple=multiple),
             "attention_mask": pad_batch([[1] * len(s) for s in ids], 0, multiple=multiple),
-            "prompt_input_ids": pad_batch(prompts, pad, left=True, multiple=multiple),
-            "prompt_attention_mask": pad_batch([[1] * len(p) for p in prompts], 0, left=True, multiple=multiple),
         }
+        if "seq_lengths" in features[0]:
+            from ftl.data.packing import position_ids
+
+            width = batch["input_ids"].shape[1]
+            batch["position_ids"] = pad_batch([position_ids(f["seq_lengths"], width) for f in features], 0,
+                                              multiple=multiple)
+        else:
+            prompts = [seq[: int(f["prompt_length"])] for seq, f in zip(ids, features, strict=True)]
+            batch["prompt_input_ids"] = pad_batch(prompts, pad, left=True, multiple=multiple)
+            batch["prompt_attention_mask"] = pad_batch([[1] * len(p) for p in prompts], 0, left=True,
+                                                       multiple=multiple)
         if "labels" in features[0]:
             batch["labels"] = pad_batch([list(f["labels"]) for f in features], IGNORE_INDEX, multiple=multiple)
         return batch

@@ -8,6 +8,7 @@ for generation.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -45,6 +46,14 @@ def token_loss_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return losses.sum(-1), (shift_labels != IGNORE_INDEX).sum(-1)
 
 
+def generated_tokens(new_tokens: torch.Tensor, stop_ids: list[int]) -> int:
+    """Tokens generated per row up to and including its first stop token (all of them when it has none), summed:
+    what generation produced, not the padding that fills rows which stopped early."""
+    stopped = torch.isin(new_tokens, torch.tensor(stop_ids, device=new_tokens.device))
+    whole = torch.full((len(new_tokens),), new_tokens.shape[1], device=new_tokens.device)
+    return int(torch.where(stopped.any(-1), stopped.int().argmax(-1) + 1, whole).sum())
+
+
 def rouge_per_row(predictions: list[str], references: list[str]) -> list[dict[str, float]]:
     """Each row's ROUGE-1/2/L F-measure; torchmetrics' `ROUGEScore` of a split is their mean."""
     from torchmetrics.functional.text.rouge import rouge_score
@@ -78,21 +87,25 @@ class CausalLM(TaskModule):
     def __init__(
         self,
         pretrained: str = "distilgpt2",
-        max_new_tokens: int = 64,
-        do_sample: bool = True,
+        max_new_tokens: int | None = None,
+        eval_do_sample: bool = False,
         temperature: float = 0.7,
         top_p: float = 1.0,
         num_beams: int = 1,
         generation_seed: int = 0,
         val_generation_samples: int = 0,
         test_generation_samples: int | None = None,
+        do_sample: bool | None = None,
         **kwargs: Any,
     ) -> None:
         """
         Args:
             pretrained: hub id, local folder, or offline alias (`smollm2-135m`) of a causal LM.
-            max_new_tokens: most tokens generated per answer.
-            do_sample: sample (with `temperature`, `top_p`) instead of greedy/beam search.
+            max_new_tokens: most tokens generated per answer. None: the longest completion among the training
+                rows as encoded (end-of-turn included, so at most `data.max_length`): answers are never cut
+                shorter than those the model was trained to give; 64 without an ftl QA data module.
+            eval_do_sample: sample (with `temperature`, `top_p`) instead of greedy/beam search. Off by default:
+                greedy answers, and the ROUGE of a test pass, repeat exactly from run to run.
             temperature: sampling temperature.
             top_p: nucleus sampling: keep the most probable tokens up to this total probability.
             num_beams: beams for beam search (with do_sample false).
@@ -101,13 +114,18 @@ class CausalLM(TaskModule):
             val_generation_samples: val rows to generate answers for each epoch (val ROUGE); 0 = none.
                 The first rows in evaluation order (longest first): generation is slow, whole batches cheaper.
             test_generation_samples: test rows to generate answers for (None = all; 0 = no ROUGE).
+            do_sample: the earlier name of `eval_do_sample` (still read from old configs and checkpoints).
         """
-        if max_new_tokens < 1:
+        if max_new_tokens is not None and max_new_tokens < 1:
             raise FTLError(f"model.max_new_tokens must be a positive integer, got {max_new_tokens}")
         super().__init__(pretrained=pretrained, **kwargs)
         self.val_loss, self.test_loss = self._mean(), self._mean()
         self.val_rouge, self.test_rouge = rouge_metric(), rouge_metric()
         self._generated = 0
+        self._sampling = eval_do_sample if do_sample is None else do_sample
+        self._max_new_tokens = max_new_tokens
+        self._stop_ids: list[int] | None = None
+        self._gen_tokens, self._gen_seconds = 0, 0.0
 
     @staticmethod
     def _mean():
@@ -135,18 +153,36 @@ class CausalLM(TaskModule):
         return self._own_tokenizer
 
     def setup(self, stage: str) -> None:
-        """Give the model the tokenizer's pad/eos ids, so `generate` and a saved model agree with the data."""
+        """Give the model the tokenizer's pad id and the data's stop tokens (EOS, and the chat template's end of
+        turn), so `generate` and a saved model agree with the data; settle `max_new_tokens`."""
         tok = self.tokenizer
         eos = tok.eos_token_id if tok.eos_token_id is not None else self.model.config.eos_token_id
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        stops = list(getattr(datamodule, "stop_token_ids", None) or [eos])
+        self._stop_ids = stops
         for config in (self.model.config, self.model.generation_config):
             if getattr(config, "pad_token_id", None) is None:
                 config.pad_token_id = pad
-        if self.model.generation_config.eos_token_id is None:
-            self.model.generation_config.eos_token_id = eos
+        current = self.model.generation_config.eos_token_id
+        current = [] if current is None else [current] if isinstance(current, int) else list(current)
+        self.model.generation_config.eos_token_id = current + [i for i in stops if i not in current] or None
+        if self._max_new_tokens is None:
+            longest = datamodule.longest_completion() if hasattr(datamodule, "longest_completion") else None
+            self._max_new_tokens = max(1, longest) if longest else 64
+            if self._trainer is not None and self.trainer.is_global_zero and stage in ("fit", "test", "validate"):
+                print(f"ftl: max_new_tokens {self._max_new_tokens} (the longest training completion"
+                      f"{'' if longest else ': none found, default'})")
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Tokens generated at most per answer (`max_new_tokens`, or the value `setup` derived from the data)."""
+        return self._max_new_tokens or 64
 
     # ------------------------------------------------------------------ forward and loss
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "position_ids" in batch:  # packed rows: the positions mark the sequences, no mask (ftl.data.packing)
+            return self.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -192,24 +228,34 @@ class CausalLM(TaskModule):
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, seed: int = 0) -> list[str]:
-        """Answers to left-padded prompts, decoded without special tokens and surrounding whitespace."""
+        """Answers to left-padded prompts, decoded without special tokens and surrounding whitespace.
+
+        Batched with the KV cache (transformers' default); stops at any stop token. Counts the tokens generated
+        (each row up to and including its stop token) and the time taken, for `<stage>/gen_tokens_per_sec`.
+        """
         hp = self.hparams
         tok = self.tokenizer
+        stops = self._stop_ids or [tok.eos_token_id]
         options: dict[str, Any] = {
-            "max_new_tokens": hp.max_new_tokens,
-            "do_sample": hp.do_sample,
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self._sampling,
             "num_beams": hp.num_beams,
             "pad_token_id": tok.pad_token_id,
-            "eos_token_id": tok.eos_token_id,
+            "eos_token_id": stops,
         }
-        if hp.do_sample:  # passing these without sampling makes transformers warn
+        if self._sampling:  # passing these without sampling makes transformers warn
             options.update(temperature=hp.temperature, top_p=hp.top_p)
+        else:  # a checkpoint's generation_config may carry sampling settings; greedy means greedy
+            options.update(temperature=None, top_p=None, top_k=None)
         device = input_ids.device
         forked = [device] if device.type != "cpu" else []
+        start = time.perf_counter()
         with torch.random.fork_rng(devices=forked, device_type=device.type if forked else "cuda"):
             torch.manual_seed(hp.generation_seed + seed)
             out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
         new_tokens = out[:, input_ids.shape[1]:]
+        self._gen_tokens += generated_tokens(new_tokens, stops)
+        self._gen_seconds += time.perf_counter() - start
         return [text.strip() for text in tok.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def _generate_records(self, batch: dict[str, torch.Tensor], batch_idx: int, split: str, n: int,
@@ -243,11 +289,11 @@ class CausalLM(TaskModule):
 
     # ------------------------------------------------------------------ epoch-end metrics
     def on_validation_epoch_start(self) -> None:
-        self._generated = 0
+        self._generated, self._gen_tokens, self._gen_seconds = 0, 0, 0.0
 
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
-        self._generated = 0
+        self._generated, self._gen_tokens, self._gen_seconds = 0, 0, 0.0
 
     def epoch_end(self, stage: str) -> None:
         if stage == "train":
@@ -261,6 +307,8 @@ class CausalLM(TaskModule):
         if rouge.update_called:
             scores = rouge.compute()
             values.update({f"{stage}/{key}": float(scores[f"{key}_fmeasure"]) for key in ROUGE_KEYS})
+            values[f"{stage}/gen_tokens"] = float(self._gen_tokens)
+            values[f"{stage}/gen_tokens_per_sec"] = self._gen_tokens / max(self._gen_seconds, 1e-9)
         loss_metric.reset()
         rouge.reset()
         if values:
