@@ -1,14 +1,26 @@
-"""Multiple-choice evaluation of a causal LM (MMLU-style): each choice is scored by its log-likelihood given
-the question, and the best-scoring choice is the model's answer.
+"""Multiple-choice evaluation of a causal LM (MMLU-style), scored the way lm-evaluation-harness scores it.
 
     ftl mcq --data_file mmlu_medical.jsonl --pretrained smollm2-135m
+    ftl mcq --data_file mmlu_medical.jsonl --pretrained smollm2-135m --prompt_format mmlu
     ftl mcq --data_file mmlu_medical.jsonl --ckpt_path runs/medquad/<run>/checkpoints/last.ckpt
 
-Input: JSONL lines `{"question": str, "choices": [str, ...], "answer": int | "B" | <choice text>}`.
-Each choice is scored as the answer in the same prompt template QA fine-tuning uses, tokenized the same
-way (`ftl.data.qa.encode_qa`), so a model fine-tuned with `configs/medquad.yaml` is asked in its own format.
-Reports `accuracy` (sum of choice-token log-probs) and `accuracy_norm` (divided by the choice's length in
-characters, which removes the bias toward short choices; lm-evaluation-harness's `acc_norm`).
+Input: JSONL lines `{"question": str, "choices": [str, ...], "answer": int | "B" | <choice text>}`, optionally
+with a `subject` (the JSONL export of `cais/mmlu` is accepted as it is).
+
+Every choice becomes one (context, continuation) pair, as a harness `multiple_choice` task makes it:
+
+- `qa` (default): context = the QA fine-tuning prompt (`--prompt_template`, default
+  `"Question: {question}\\nAnswer: "`), continuation = the choice's text, so a model fine-tuned with
+  `configs/medquad.yaml` is asked in its own format;
+- `mmlu`: the harness's MMLU prompt (`_default_template_yaml`, zero-shot): the subject's description, the
+  question, the choices lettered `A. ...`, `Answer:`, and the continuations `" A"`, `" B"`, ...
+
+Each pair is tokenized like the harness's `HFLM._encode_pair`: trailing whitespace of the context moves to
+the continuation, the whole string is encoded (the tokenizer's own special tokens, e.g. Llama's BOS, GPT-2
+none) and split after the context's tokens. A choice's score is the sum of its continuation tokens'
+log-probabilities (`loglikelihood`); `accuracy` is the harness's `acc` (the arg-max choice, first on ties)
+and `accuracy_norm` its `acc_norm` (score divided by the choice's length in characters: the choice text in
+`qa`, the letter in `mmlu`, without the space before it). benchmarks/mcq_harness.py checks the equality.
 """
 
 from __future__ import annotations
@@ -17,10 +29,17 @@ import json
 import string
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ftl.data.qa import DEFAULT_TEMPLATE, IGNORE_INDEX, encode_qa, fill_template, pad_batch
+from ftl.data.qa import DEFAULT_TEMPLATE, fill_template, pad_batch
 from ftl.errors import FTLError
+
+PromptFormat = Literal["qa", "mmlu"]
+PROMPT_FORMATS = ("qa", "mmlu")
+# lm-evaluation-harness, lm_eval/tasks/mmlu/default/mmlu_<subject>.yaml's `description` and
+# _default_template_yaml's `doc_to_text` (written there for 4 choices; here for any number up to 26).
+MMLU_DESCRIPTION = "The following are multiple choice questions (with answers) about {subject}.\n\n"
+MMLU_DESCRIPTION_NO_SUBJECT = "The following are multiple choice questions (with answers).\n\n"
 
 
 def _answer_index(answer: Any, choices: list[str], line: int) -> int:
@@ -44,7 +63,8 @@ def _answer_index(answer: Any, choices: list[str], line: int) -> int:
 
 
 def load_items(path: str | Path, max_samples: int | None = None) -> list[dict[str, Any]]:
-    """Validated multiple-choice items: question, choices (2 or more) and the answer as an index."""
+    """Validated multiple-choice items: question, choices (2 or more), the answer as an index, and the
+    `subject` when the line has one (MMLU's export does)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FTLError(f"data_file '{path}' not found: pass a JSONL file of {{question, choices, answer}} lines")
@@ -56,6 +76,9 @@ def load_items(path: str | Path, max_samples: int | None = None) -> list[dict[st
             row = json.loads(line)
         except ValueError as err:
             raise FTLError(f"line {number} of '{path}' is not JSON ({err}): write one JSON object per line") from err
+        if not isinstance(row, dict):
+            raise FTLError(f"line {number} of '{path}' is not a JSON object: write one {{question, choices, answer}} "
+                           "object per line")
         missing = [key for key in ("question", "choices", "answer") if key not in row]
         if missing:
             raise FTLError(f"line {number} of '{path}' lacks {missing}: each line needs question, choices, answer")
@@ -63,13 +86,75 @@ def load_items(path: str | Path, max_samples: int | None = None) -> list[dict[st
         if not isinstance(choices, list) or len(choices) < 2:
             raise FTLError(f"line {number} of '{path}': choices must be a list of 2 or more strings")
         choices = [str(c) for c in choices]
-        items.append({"question": str(row["question"]), "choices": choices,
-                      "answer": _answer_index(row["answer"], choices, number)})
+        item = {"question": str(row["question"]), "choices": choices,
+                "answer": _answer_index(row["answer"], choices, number)}
+        if row.get("subject"):
+            item["subject"] = str(row["subject"])
+        items.append(item)
         if max_samples and len(items) >= max_samples:
             break
     if not items:
         raise FTLError(f"data_file '{path}' has no items: add {{question, choices, answer}} lines")
     return items
+
+
+def mmlu_prompt(item: dict[str, Any]) -> str:
+    """lm-evaluation-harness's zero-shot MMLU context: description, question, lettered choices, "Answer:"."""
+    if len(item["choices"]) > len(string.ascii_uppercase):
+        raise FTLError(f"an item has {len(item['choices'])} choices, more than the letters A-Z: use "
+                       "--prompt_format qa for it")
+    subject = item.get("subject")
+    description = (MMLU_DESCRIPTION.format(subject=subject.replace("_", " ")) if subject
+                   else MMLU_DESCRIPTION_NO_SUBJECT)
+    lines = [item["question"].strip()]
+    lines += [f"{letter}. {choice}" for letter, choice in zip(string.ascii_uppercase, item["choices"], strict=False)]
+    return description + "\n".join(lines) + "\nAnswer:"
+
+
+def choice_requests(
+    item: dict[str, Any], prompt_format: PromptFormat = "qa", prompt_template: str = DEFAULT_TEMPLATE
+) -> list[tuple[str, str, str]]:
+    """Per choice: (context, continuation, choice string), as the harness's request and `doc_to_choice`.
+
+    The choice string's length in characters is what `acc_norm` divides by (the harness's
+    `completion_len`: the choice without the target delimiter before it).
+    """
+    if prompt_format == "mmlu":
+        context = mmlu_prompt(item)
+        return [(context, " " + letter, letter) for letter in string.ascii_uppercase[: len(item["choices"])]]
+    if prompt_format != "qa":
+        raise FTLError(f"prompt_format {prompt_format!r} is unknown: use one of {', '.join(PROMPT_FORMATS)}")
+    context = fill_template(prompt_template, item["question"].strip())
+    choices = [choice.strip() for choice in item["choices"]]
+    if not all(choices):
+        raise FTLError(f"question {item['question'][:60]!r} has an empty choice: give every choice text, or use "
+                       "--prompt_format mmlu (which scores the letters)")
+    return [(context, choice, choice) for choice in choices]
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    """The harness's `HFLM.tok_encode`: the tokenizer's own special tokens, none if `text` starts with BOS."""
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if prefix is not None and text.startswith(tokenizer.decode(prefix)):
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode(text))
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as the harness's `_encode_pair` makes them for a causal LM.
+
+    Trailing whitespace of the context moves to the continuation; context + continuation is encoded whole
+    and split after as many tokens as the context alone encodes to.
+    """
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = _encode(tokenizer, context + continuation)
+    context_ids = _encode(tokenizer, context)
+    if not context_ids:  # the harness's empty context: the BOS (else EOS) token stands for it
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        return [prefix], whole
+    return context_ids, whole[len(context_ids):]
 
 
 def choice_logprobs(
@@ -79,52 +164,85 @@ def choice_logprobs(
     prompt_template: str = DEFAULT_TEMPLATE,
     batch_size: int = 8,
     max_length: int = 1024,
+    prompt_format: PromptFormat = "qa",
 ) -> list[list[float]]:
-    """Per item, per choice: the sum of log P(choice token | prompt, earlier choice tokens)."""
+    """Per item, per choice: the harness's `loglikelihood`, the sum of log P(continuation token | all before).
+
+    Sequences longer than `max_length` + 1 lose tokens on the left, as in the harness. Requests that feed
+    the model the same tokens (MMLU's one-letter continuations after one context) share a forward pass.
+    """
     import torch
 
-    pairs = [(i, j, fill_template(prompt_template, item["question"].strip()), choice.strip())
-             for i, item in enumerate(items) for j, choice in enumerate(item["choices"])]
-    encoded = encode_qa(tokenizer, [p[2] for p in pairs], [p[3] for p in pairs], max_length, add_eos=False)
-    order = sorted(range(len(pairs)), key=lambda k: len(encoded["input_ids"][k]))  # less padding per batch
+    scored = []  # (item, choice, model input ids, continuation ids)
+    for i, item in enumerate(items):
+        for j, (context, continuation, _) in enumerate(choice_requests(item, prompt_format, prompt_template)):
+            context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+            if not continuation_ids or len(continuation_ids) > max_length:
+                raise FTLError(f"choice {j} of question {item['question'][:60]!r} is {len(continuation_ids)} tokens "
+                               f"after its context: it must be 1 to {max_length} (the model's length)")
+            ids = (context_ids + continuation_ids)[-(max_length + 1):]
+            scored.append((i, j, tuple(ids[:-1]), continuation_ids))
+    inputs = list(dict.fromkeys(s[2] for s in scored))  # unique model inputs, first-seen order
+    order = sorted(range(len(inputs)), key=lambda k: -len(inputs[k]))  # longest first: less padding per batch
+    by_input: dict[tuple[int, ...], list[tuple[int, int, list[int]]]] = {}
+    for i, j, ids, continuation_ids in scored:
+        by_input.setdefault(ids, []).append((i, j, continuation_ids))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(model.parameters()).device
     scores = [[0.0] * len(item["choices"]) for item in items]
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            ids = pad_batch([encoded["input_ids"][k] for k in chunk], pad).to(device)
-            mask = pad_batch([encoded["attention_mask"][k] for k in chunk], 0).to(device)
-            labels = pad_batch([encoded["labels"][k] for k in chunk], IGNORE_INDEX).to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            targets = labels[:, 1:]
-            logp = torch.log_softmax(logits, dim=-1)
-            picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            sums = (picked * (targets != IGNORE_INDEX)).sum(-1).tolist()
-            for k, value in zip(chunk, sums, strict=True):
-                i, j = pairs[k][0], pairs[k][1]
-                scores[i][j] = float(value)
+            chunk = [inputs[k] for k in order[start : start + batch_size]]
+            ids = pad_batch([list(x) for x in chunk], pad).to(device)
+            mask = pad_batch([[1] * len(x) for x in chunk], 0).to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            for row, x in enumerate(chunk):
+                for i, j, continuation_ids in by_input[x]:
+                    n = len(continuation_ids)
+                    logp = torch.log_softmax(logits[row, len(x) - n : len(x)].float(), dim=-1)
+                    targets = torch.tensor(continuation_ids, device=logp.device).unsqueeze(-1)
+                    scores[i][j] = float(logp.gather(-1, targets).sum())
     return scores
 
 
-def evaluate(model: Any, tokenizer: Any, items: list[dict[str, Any]], prompt_template: str = DEFAULT_TEMPLATE,
-             batch_size: int = 8, max_length: int = 1024) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """(metrics, one record per item): accuracy by summed and by length-normalised log-likelihood."""
-    scores = choice_logprobs(model, tokenizer, items, prompt_template, batch_size, max_length)
+def _first_max(values: list[float]) -> int:
+    """numpy's argmax: the first index of the largest value."""
+    return max(range(len(values)), key=values.__getitem__)
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    items: list[dict[str, Any]],
+    prompt_template: str = DEFAULT_TEMPLATE,
+    batch_size: int = 8,
+    max_length: int = 1024,
+    prompt_format: PromptFormat = "qa",
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """(metrics, one record per item): the harness's `acc` and `acc_norm` as accuracy and accuracy_norm.
+
+    With subjects in the items, each subject's accuracy, accuracy_norm and n are added (`accuracy/<subject>`);
+    the overall values are over all items, the harness's group score weighted by size.
+    """
+    scores = choice_logprobs(model, tokenizer, items, prompt_template, batch_size, max_length, prompt_format)
     records = []
     for item, row in zip(items, scores, strict=True):
-        norm = [s / max(1, len(c.strip())) for s, c in zip(row, item["choices"], strict=True)]
-        best = max(range(len(row)), key=row.__getitem__)
-        best_norm = max(range(len(norm)), key=norm.__getitem__)
-        records.append({**item, "predicted": best, "predicted_norm": best_norm,
-                        "logprobs": [round(s, 4) for s in row]})
-    n = len(records)
-    metrics = {
-        "accuracy": sum(r["predicted"] == r["answer"] for r in records) / n,
-        "accuracy_norm": sum(r["predicted_norm"] == r["answer"] for r in records) / n,
-        "chance": sum(1 / len(r["choices"]) for r in records) / n,
-        "n": n,
-    }
+        lengths = [len(choice) for _, _, choice in choice_requests(item, prompt_format, prompt_template)]
+        norm = [s / length for s, length in zip(row, lengths, strict=True)]
+        records.append({**item, "predicted": _first_max(row), "predicted_norm": _first_max(norm),
+                        "logprobs": [round(s, 6) for s in row]})
+
+    def summary(part: list[dict[str, Any]]) -> dict[str, float]:
+        n = len(part)
+        return {"accuracy": sum(r["predicted"] == r["answer"] for r in part) / n,
+                "accuracy_norm": sum(r["predicted_norm"] == r["answer"] for r in part) / n,
+                "chance": sum(1 / len(r["choices"]) for r in part) / n, "n": n}
+
+    metrics = summary(records)
+    subjects = sorted({r["subject"] for r in records if "subject" in r})
+    for subject in subjects if len(subjects) > 1 else []:
+        part = summary([r for r in records if r.get("subject") == subject])
+        metrics.update({f"{key}/{subject}": part[key] for key in ("accuracy", "accuracy_norm", "n")})
     return metrics, records
 
 
@@ -155,20 +273,24 @@ def run(
     pretrained: str | None = None,
     ckpt_path: str | None = None,
     prompt_template: str = DEFAULT_TEMPLATE,
+    prompt_format: PromptFormat = "qa",
     batch_size: int = 8,
     max_samples: int | None = None,
     run_dir: str | None = None,
     runs_root: str = "runs",
     trust_remote_code: bool = False,
 ) -> dict[str, float]:
-    """Score a local multiple-choice JSONL; write mcq.json and mcq_predictions.jsonl to the run directory.
+    """Score a multiple-choice JSONL as lm-evaluation-harness does; write mcq.json and mcq_predictions.jsonl.
 
     Args:
-        data_file: JSONL of {question, choices, answer} lines (answer: index, letter or choice text).
+        data_file: JSONL of {question, choices, answer} lines (answer: index, letter or choice text; an
+            optional subject); MMLU's `to_json` export is read as it is.
         pretrained: hub id, local folder or alias (smollm2-135m); with ckpt_path, the base it was tuned from.
         ckpt_path: a CausalLM checkpoint from `ftl fit` (scores the fine-tuned model).
-        prompt_template: prompt with a {question} field; each choice is scored as its answer.
-        batch_size: (question, choice) pairs per forward pass.
+        prompt_template: prompt with a {question} field; each choice is scored as its answer (qa format).
+        prompt_format: qa (the prompt template, the choice text scored) or mmlu (lm-evaluation-harness's
+            zero-shot MMLU prompt: subject description, lettered choices, " A"/" B"/... scored).
+        batch_size: model inputs per forward pass (one per (question, choice), shared by MMLU's letters).
         max_samples: score only the first N items.
         run_dir: output folder (default: <runs_root>/mcq/<timestamp>).
         runs_root: where default run directories are made.
@@ -183,7 +305,7 @@ def run(
     if torch.cuda.is_available():
         model = model.cuda()
     limit = model_max_length(model.config) or 1024
-    metrics, records = evaluate(model, tokenizer, items, prompt_template, batch_size, limit)
+    metrics, records = evaluate(model, tokenizer, items, prompt_template, batch_size, limit, prompt_format)
     from ftl.commands.rundir import given_run_dir, new_run_dir
     from ftl.reports.callbacks import write_json
 
