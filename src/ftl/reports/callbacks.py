@@ -268,6 +268,7 @@ class Throughput(L.Callback):
         self._samples: dict[str, int] = {}
         self._steps: dict[str, int] = {}
         self._tokens: dict[str, Any] = {}
+        self._slots: dict[str, int] = {}  # token positions of the padded batches, padding included
         self._flops: dict[str, Any] = {}
         self._shape: tuple[int, int, int, int] | None = None
         self._first_step = 0
@@ -277,7 +278,7 @@ class Throughput(L.Callback):
         from ftl.reports.flops import transformer_shape
 
         self._start[stage], self._samples[stage], self._steps[stage] = time.perf_counter(), 0, 0
-        self._tokens[stage], self._flops[stage] = 0, 0.0
+        self._tokens[stage], self._flops[stage], self._slots[stage] = 0, 0.0, 0
         # the outermost module with a transformers config: the model (or its LoRA wrapper) the task trains
         model = next((m for m in pl_module.modules() if hasattr(m, "config") and m is not pl_module), None)
         self._shape = transformer_shape(model) if model is not None else None
@@ -291,6 +292,8 @@ class Throughput(L.Callback):
         self._steps[stage] += 1
         tokens = batch_tokens(batch)
         self._tokens[stage] = self._tokens[stage] + tokens
+        ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+        self._slots[stage] += int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
         if self._shape is not None:
             per_token = flops_per_token(self._shape, batch_length(batch), training=stage == "train")
             self._flops[stage] = self._flops[stage] + tokens * per_token
@@ -306,6 +309,9 @@ class Throughput(L.Callback):
         tokens, flops = (float(value) * trainer.world_size for value in (self._tokens[stage], self._flops[stage]))
         values = {f"{stage}/runtime": seconds, f"{stage}/samples_per_sec": samples / seconds,
                   f"{stage}/steps_per_sec": steps / seconds, f"{stage}/tokens_per_sec": tokens / seconds}
+        if steps and self._slots[stage]:  # what packing and length grouping change
+            values[f"{stage}/tokens_per_step"] = tokens / steps
+            values[f"{stage}/padding_share"] = 1.0 - tokens / (self._slots[stage] * trainer.world_size)
         if self._shape is not None:
             computing = max(seconds - (self._validating if stage == "train" else 0.0), 1e-9)
             values[f"{stage}/tflops"] = flops / computing / 1e12

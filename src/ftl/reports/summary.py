@@ -203,6 +203,8 @@ def render(info: dict[str, Any]) -> str:
                                  ("train/samples_per_sec", "Train samples/s", ""),
                                  ("train/steps_per_sec", "Train steps/s", ""),
                                  ("train/tokens_per_sec", "Train tokens/s (non-padding)", ""),
+                                 ("train/tokens_per_step", "Train tokens per optimizer step (non-padding)", ""),
+                                 ("train/padding_share", "Train padding share", ""),
                                  ("train/tflops", "Train model TFLOP/s (without validation)", ""),
                                  ("train/mfu", "Train MFU", "")):
             if key in m:

@@ -48,11 +48,16 @@ _ROWS: list[tuple[str, str]] = [
     ("samples_per_sec", "Eval samples/s"),
     ("steps_per_sec", "Eval steps/s"),
     ("tokens_per_sec", "Eval tokens/s"),
+    ("tokens_per_step", "Eval tokens per batch"),
+    ("padding_share", "Eval padding share"),
     ("tflops", "Eval TFLOP/s"),
     ("mfu", "Eval MFU"),
+    ("gen_tokens", "Generated tokens"),
+    ("gen_tokens_per_sec", "Generated tokens/s"),
 ]
 # shown with 2 decimals (TFLOP/s and MFU keep 4: a tiny model on a CPU reaches ~0.0003 TFLOP/s)
-_SPEED = ("runtime", "samples_per_sec", "steps_per_sec", "tokens_per_sec")
+_SPEED = ("runtime", "samples_per_sec", "steps_per_sec", "tokens_per_sec", "tokens_per_step", "gen_tokens",
+          "gen_tokens_per_sec")
 
 
 def label_names_in(keys: Iterable[str], stage: str = "test") -> list[str]:
