@@ -1,4 +1,5 @@
-"""Packing: best-fit rows, attention kept inside each sequence, (packed vs unpacked loss: not yet equal, see docs/qa.md)."""
+"""Packing: best-fit rows and per-sequence positions (packed vs unpacked loss: not yet equal, see
+benchmarks/results/medquad_base_chat.txt)."""
 
 from __future__ import annotations
 
