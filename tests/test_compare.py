@@ -14,7 +14,8 @@ import pytest
 from tests.helpers import cli_args, spread_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEED = ("test/runtime", "test/samples_per_sec", "test/steps_per_sec", "test/tokens_per_sec", "test/tflops")
+SPEED = ("test/runtime", "test/samples_per_sec", "test/steps_per_sec", "test/tokens_per_sec", "test/tflops",
+         "test/tokens_per_step", "test/padding_share")
 
 
 def classification_metrics_numpy(path: Path, names: list[str]) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
