@@ -131,3 +131,44 @@ def test_causal_lm_takes_the_same_lora_and_export_merges_it(tiny_gpt2):
         assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5)
         base = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()
         assert not torch.allclose(base(input_ids=ids).logits, adapted, atol=1e-3)
+
+
+def test_causal_lm_lora_through_a_cli_fit_exports_a_merged_model(tmp_path, tiny_chat_llama, tiny_qa_dir):
+    """`ftl fit --config configs/medquad.yaml --model.lora.r 4`: only the adapters train, the test loss drops, and
+    the run's hf_model/ is a plain causal LM (no peft) with the fitted model's logits and greedy answers."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftl.models.causal_lm import CausalLM
+    from ftl.models.lora import is_lora
+    from tests.helpers import run_cli
+
+    common = ["--config", str(ROOT / "configs" / "medquad.yaml"), "--model.pretrained", str(tiny_chat_llama),
+              "--data.data_dir", str(tiny_qa_dir), "--data.max_length", "96", "--data.batch_size", "8",
+              "--model.max_new_tokens", "8", "--trainer.enable_progress_bar", "false"]
+    run_cli("fit", *common, "--model.lora.r", "4", "--model.lora.alpha", "16", "--model.lora.dropout", "0.0",
+            "--model.learning_rate", "5e-2", "--model.warmup_ratio", "0.0", "--trainer.max_epochs", "3",
+            "--trainer.accumulate_grad_batches", "1", "--model.val_generation_samples", "0",
+            "--run_dir", str(tmp_path / "fit"))
+    run_cli("test", *common, "--run_dir", str(tmp_path / "base"))
+    fit = tmp_path / "fit"
+    hparams = yaml.safe_load((fit / "hparams.yaml").read_text())
+    assert 0 < hparams["trainable_params"] < hparams["total_params"] / 4
+    tuned, base = (json.loads((tmp_path / run / "metrics.json").read_text())["test/loss"] for run in ("fit", "base"))
+    assert tuned < base - 0.03  # 6.008 -> 5.946 when written (12 adapter steps on a random 2-layer model)
+
+    best = next((fit / "checkpoints").glob("best-*.ckpt"))
+    module = CausalLM.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
+    assert is_lora(module.model)
+    exported = AutoModelForCausalLM.from_pretrained(fit / "hf_model").eval()
+    assert not any("lora" in key for key in exported.state_dict())
+    tokenizer = AutoTokenizer.from_pretrained(fit / "hf_model")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What causes a cough?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        assert torch.allclose(exported(**prompt).logits, module.model(**prompt).logits, atol=1e-5)
+        pretrained = AutoModelForCausalLM.from_pretrained(tiny_chat_llama).eval()
+        assert not torch.allclose(pretrained(**prompt).logits, exported(**prompt).logits, atol=1e-3)  # merged in
+        greedy = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+        assert torch.equal(exported.generate(**prompt, **greedy), module.model.generate(**prompt, **greedy))
