@@ -50,10 +50,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-CHATML = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 
 # ---------------------------------------------------------------------------------------------- data and model
@@ -80,31 +76,16 @@ def data_folder(a: argparse.Namespace, work: Path) -> tuple[Path, str]:
 
 def tiny_chat_llama(folder: Path, data_dir: Path) -> str:
     """A 2-layer, 64-wide random Llama whose byte-level BPE tokenizer (trained on the data's rows) has a ChatML chat
-    template like SmolLM2-Instruct's, end of turn `<|im_end|>` distinct from EOS `<|endoftext|>` (the approach of
-    the `tiny_chat_llama` test fixture): no downloads."""
-    import torch
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    template like SmolLM2-Instruct's, end of turn `<|im_end|>` distinct from EOS `<|endoftext|>`
+    (`sft_peer.build_tiny_model`): no downloads."""
+    from sft_peer import build_tiny_model
 
     texts = []
     with open(data_dir / "train.jsonl") as f:
         for line in list(f)[:2000]:
             r = json.loads(line)
             texts.append(f"user\n{r['question']}\nassistant\n{r['answer']}\nsystem\nBe brief.")
-    bpe = ByteLevelBPETokenizer()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe.train_from_iterator(texts, vocab_size=1000, min_frequency=2, special_tokens=specials, show_progress=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                        bos_token="<|endoftext|>", unk_token="<|endoftext|>", model_max_length=1024,
-                                        additional_special_tokens=specials[1:])
-    tokenizer.chat_template = CHATML
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.eos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    build_tiny_model(folder, texts, hidden_size=64, max_positions=1024)
     return str(folder)
 
 

@@ -71,9 +71,10 @@ def synthetic_rows(n: int, offset: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-def build_tiny_model(folder: Path, texts: list[str]) -> None:
-    """A 2-layer, 32-wide random Llama with a ChatML tokenizer trained on `texts` (tests/conftest.py's
-    `tiny_chat_llama`, with a larger vocabulary): end of turn `<|im_end|>` is not its EOS."""
+def build_tiny_model(folder: Path, texts: list[str], hidden_size: int = 32, max_positions: int = 512) -> None:
+    """A 2-layer random Llama (`hidden_size` wide) with a ChatML tokenizer trained on `texts` (tests/conftest.py's
+    `tiny_chat_llama`, with a larger vocabulary): end of turn `<|im_end|>` is not its EOS. Also used by
+    benchmarks/generation.py."""
     import torch
     from tokenizers import ByteLevelBPETokenizer
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -82,11 +83,12 @@ def build_tiny_model(folder: Path, texts: list[str]) -> None:
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     bpe.train_from_iterator(texts, vocab_size=1000, min_frequency=2, special_tokens=specials, show_progress=False)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                        bos_token="<|endoftext|>", unk_token="<|endoftext|>", model_max_length=512,
-                                        additional_special_tokens=specials[1:])
+                                        bos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                                        model_max_length=max_positions, additional_special_tokens=specials[1:])
     tokenizer.chat_template = CHATML
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=max_positions,
                          tie_word_embeddings=True, bos_token_id=tokenizer.eos_token_id,
                          eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
