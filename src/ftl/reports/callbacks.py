@@ -273,6 +273,10 @@ class Throughput(L.Callback):
         self._shape: tuple[int, int, int, int] | None = None
         self._first_step = 0
         self._validating = 0.0  # seconds of validation inside the training loop so far
+        # train tokens and padded slots counted before a resume (from the checkpoint), so tokens per step and the
+        # padding share, which do not depend on time, cover the whole run as in an unbroken one
+        self._earlier: tuple[float, int] = (0, 0)
+        self._restored: tuple[float, int] = (0, 0)
 
     def _begin(self, stage: str, pl_module: L.LightningModule) -> None:
         from ftl.reports.flops import transformer_shape
@@ -309,9 +313,13 @@ class Throughput(L.Callback):
         tokens, flops = (float(value) * trainer.world_size for value in (self._tokens[stage], self._flops[stage]))
         values = {f"{stage}/runtime": seconds, f"{stage}/samples_per_sec": samples / seconds,
                   f"{stage}/steps_per_sec": steps / seconds, f"{stage}/tokens_per_sec": tokens / seconds}
-        if steps and self._slots[stage]:  # what packing and length grouping change
-            values[f"{stage}/tokens_per_step"] = tokens / steps
-            values[f"{stage}/padding_share"] = 1.0 - tokens / (self._slots[stage] * trainer.world_size)
+        all_tokens, all_slots, all_steps = tokens, self._slots[stage], steps
+        if stage == "train":  # the whole run's, a resumed one included
+            all_tokens += float(self._earlier[0]) * trainer.world_size
+            all_slots, all_steps = all_slots + self._earlier[1], trainer.global_step
+        if all_steps and all_slots:  # what packing and length grouping change
+            values[f"{stage}/tokens_per_step"] = all_tokens / all_steps
+            values[f"{stage}/padding_share"] = 1.0 - all_tokens / (all_slots * trainer.world_size)
         if self._shape is not None:
             computing = max(seconds - (self._validating if stage == "train" else 0.0), 1e-9)
             values[f"{stage}/tflops"] = flops / computing / 1e12
@@ -327,9 +335,20 @@ class Throughput(L.Callback):
             print(f"ftl: {stage}: {samples:,} samples in {seconds:.1f} s ({samples / seconds:.2f} samples/s, "
                   f"{tokens / seconds:,.0f} tokens/s)")
 
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's train tokens and padded slots so far (a checkpoint carries them into a resumed run)."""
+        if "train" not in self._start:
+            return {}
+        return {"train_tokens": float(self._earlier[0] + self._tokens["train"]),
+                "train_slots": int(self._earlier[1] + self._slots["train"])}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = (state_dict.get("train_tokens", 0), state_dict.get("train_slots", 0))
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._begin("train", pl_module)
         self._first_step, self._validating = trainer.global_step, 0.0
+        self._earlier = self._restored
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._count("train", batch)
