@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -206,7 +207,7 @@ def run_ftl(a: argparse.Namespace, work: Path) -> dict:
             "--trainer.max_epochs", str(a.epochs), "--trainer.accumulate_grad_batches", "1",
             "--trainer.precision", "32-true", "--trainer.limit_val_batches", "0",
             "--trainer.num_sanity_val_steps", "0", "--trainer.logger", "false",
-            "--runs_root", str(work / "ftl_runs"), "--test_after_fit", "false"]
+            "--runs_root", str(work / "ftl_runs"), "--test_after_fit", "false", *shlex.split(a.ftl_args)]
     cli = TimedCLI(args=argv)
     train = cli.datamodule.datasets["train"]
     tokens = sum(len(ids) for ids in train["input_ids"]) * a.epochs
@@ -303,6 +304,8 @@ def table(results: list[dict], header: str, tolerance: float) -> str:
               "                 tokens/s ratio  target  test loss (ftl - TRL)  verdict"]
     by = {(r["framework"], r["packing"]): r for r in results}
     for packing, target in ((False, 1.2), (True, 1.0)):
+        if ("ftl", packing) not in by or ("trl", packing) not in by:
+            continue
         f, t = by[("ftl", packing)], by[("trl", packing)]
         ratio = f["tokens_per_sec"] / t["tokens_per_sec"]
         diff = f["test_loss"] - t["test_loss"]
@@ -329,6 +332,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42, help="seed for both frameworks")
     p.add_argument("--loss_tolerance", type=float, default=0.005,
                    help="test-loss excess (nats) over TRL still counted as no worse (seeded-run noise)")
+    p.add_argument("--runs", choices=["both", "unpacked", "packed"], default="both",
+                   help="which pairs of runs (ftl and TRL each): with and without packing, or one of them")
+    p.add_argument("--frameworks", choices=["both", "ftl", "trl"], default="both",
+                   help="run both frameworks (ratios printed) or one of them (its rows only)")
+    p.add_argument("--ftl_args", default="", help="extra ftl CLI arguments for the ftl runs, one string "
+                   "(e.g. \"--data.group_by_length false\")")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--worker", choices=["ftl", "trl"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--packing", action="store_true", help=argparse.SUPPRESS)
@@ -343,12 +352,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sft_peer_") as tmp:
         work = Path(tmp)
         prepare(a, work)
-        for framework in ("ftl", "trl"):
-            for packing in (False, True):
+        for framework in {"both": ("ftl", "trl"), "ftl": ("ftl",), "trl": ("trl",)}[a.frameworks]:
+            for packing in {"both": (False, True), "unpacked": (False,), "packed": (True,)}[a.runs]:
                 cmd = [sys.executable, __file__, "--worker", framework, "--work", str(work), "--model", a.model,
                        "--train_rows", str(a.train_rows), "--test_rows", str(a.test_rows),
                        "--epochs", str(a.epochs), "--batch_size", str(a.batch_size), "--lr", str(a.lr),
-                       "--max_length", str(a.max_length), "--seed", str(a.seed)] + (["--packing"] if packing else [])
+                       "--max_length", str(a.max_length), "--seed", str(a.seed),
+                       f"--ftl_args={a.ftl_args}"] + (["--packing"] if packing else [])
                 print(f"sft_peer: {framework} {'packed' if packing else 'unpacked'} ...", file=sys.stderr, flush=True)
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("SFT_PEER_RESULT ")), None)
@@ -358,7 +368,8 @@ def main() -> None:
                 results.append(json.loads(line.removeprefix("SFT_PEER_RESULT ")))
     model = "tiny random chat Llama (2 layers, width 32)" if a.tiny else a.model
     header = (f"sft_peer: {model}; {a.train_rows} train / {a.test_rows} test rows, {a.epochs} epoch(s), batch "
-              f"{a.batch_size}, lr {a.lr:g}, max_length {a.max_length}, seed {a.seed}")
+              f"{a.batch_size}, lr {a.lr:g}, max_length {a.max_length}, seed {a.seed}"
+              + (f"; ftl args: {a.ftl_args}" if a.ftl_args else ""))
     text = table(results, header, a.loss_tolerance)
     print(text)
     if a.out:

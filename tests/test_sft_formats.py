@@ -236,3 +236,28 @@ def test_greedy_test_metrics_repeat_exactly(tiny_chat_llama, tiny_qa_dir, tmp_pa
         results.append({k: v for k, v in metrics.items() if "per_sec" not in k})
     assert results[0] == results[1]
     assert {"test/rougeL", "test/gen_tokens"} <= set(results[0]) and results[0]["test/gen_tokens"] > 0
+
+
+def test_epoch_token_weighting_makes_the_mean_step_loss_the_token_mean(tiny_chat_llama, tiny_qa_dir):
+    """`model.loss_tokens epoch`: each step's summed answer-token loss over the epoch's mean answer tokens per
+    batch, so the mean of an epoch's step losses is the token mean over the epoch, whatever the batch sizes in
+    tokens (the per-batch mean differs from it when batches hold answers of different lengths)."""
+    from ftl.models.causal_lm import scored_tokens_per_batch
+
+    dm = make_dm(tiny_chat_llama, tiny_qa_dir, batch_size=5)  # 32 rows: 6 batches of 5, one of 2
+    batches = [dm.collate(list(dm.datasets["train"].select(range(i, min(i + 5, 32))))) for i in range(0, 32, 5)]
+    module = CausalLM(pretrained=str(tiny_chat_llama)).eval()  # loss_tokens "epoch" is the default
+    per_batch = scored_tokens_per_batch(dm)
+    counts = [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches]
+    assert per_batch == pytest.approx(sum(counts) / len(batches))  # labels counted in Arrow, as the loss counts them
+    module._tokens_per_batch = per_batch
+    with torch.no_grad():
+        steps = [float(module.training_step(b, i)) for i, b in enumerate(batches)]
+        sums = [token_loss_sum(module(b), b["labels"]) for b in batches]
+    token_mean = sum(float(t) for t, _ in sums) / sum(int(c) for _, c in sums)
+    assert sum(steps) / len(steps) == pytest.approx(token_mean, rel=1e-5)
+    last_total, last_mean = float(sums[-1][0]), float(sums[-1][0]) / int(sums[-1][1])
+    assert steps[-1] == pytest.approx(last_total / per_batch, rel=1e-5)
+    assert steps[-1] < 0.6 * last_mean  # the 2-row batch holds well under the mean tokens: it weighs less
+    with pytest.raises(FTLError, match="loss_tokens"):
+        CausalLM(pretrained=str(tiny_chat_llama), loss_tokens="row")
