@@ -193,7 +193,7 @@ class CausalLM(TaskModule):
         current = self.model.generation_config.eos_token_id
         current = [] if current is None else [current] if isinstance(current, int) else list(current)
         self.model.generation_config.eos_token_id = current + [i for i in stops if i not in current] or None
-        if stage == "fit" and self.hparams.get("loss_tokens", "batch") == "epoch":
+        if stage == "fit" and self.hparams.get("loss_tokens", "epoch") == "epoch":
             self._tokens_per_batch = scored_tokens_per_batch(datamodule)
         if self._max_new_tokens is None:
             longest = datamodule.longest_completion() if hasattr(datamodule, "longest_completion") else None
