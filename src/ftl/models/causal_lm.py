@@ -46,8 +46,7 @@ def scored_tokens_per_batch(datamodule: Any) -> float | None:
         return None
     import pyarrow.compute as pc
 
-    labels = pc.list_flatten(train.data.column("labels"))
-    scored = len(labels) - pc.sum(pc.equal(labels, IGNORE_INDEX)).as_py()
+    scored = pc.sum(pc.not_equal(pc.list_flatten(train.data.column("labels")), IGNORE_INDEX)).as_py() or 0
     return max(1.0, scored / math.ceil(len(train) / batch_size))
 
 

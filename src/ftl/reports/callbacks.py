@@ -276,7 +276,6 @@ class Throughput(L.Callback):
         # train tokens and padded slots counted before a resume (from the checkpoint), so tokens per step and the
         # padding share, which do not depend on time, cover the whole run as in an unbroken one
         self._earlier: tuple[float, int] = (0, 0)
-        self._restored: tuple[float, int] = (0, 0)
 
     def _begin(self, stage: str, pl_module: L.LightningModule) -> None:
         from ftl.reports.flops import transformer_shape
@@ -343,12 +342,11 @@ class Throughput(L.Callback):
                 "train_slots": int(self._earlier[1] + self._slots["train"])}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored = (state_dict.get("train_tokens", 0), state_dict.get("train_slots", 0))
+        self._earlier = (state_dict.get("train_tokens", 0), state_dict.get("train_slots", 0))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._begin("train", pl_module)
         self._first_step, self._validating = trainer.global_step, 0.0
-        self._earlier = self._restored
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._count("train", batch)
