@@ -211,3 +211,26 @@ def test_float_labels_from_a_csv_with_gaps_are_ints(tmp_path, tiny_bert):
     write_csv(tmp_path / "d" / "train.csv", rows)
     dm = make_dm(tiny_bert, data_dir=str(tmp_path / "d"))
     assert dm.label_names == ["0", "1"]
+
+
+def test_batch_order_follows_seed_everything_and_the_splits_follow_data_seed(tmp_path, tiny_bert, monkeypatch):
+    """Runs that differ only in `seed_everything` must not train on the same batch order (a model without
+    dropout would repeat itself exactly), and must still be tested on the same rows."""
+    import lightning as L
+
+    rows = labelled_rows(40, ["a", "b"])
+    write_csv(tmp_path / "d" / "train.csv", rows)  # no val/test file: both carved from train with data.seed
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # restored after the test
+
+    def order_and_test_rows(seed: int) -> tuple[list[int], list[str]]:
+        L.seed_everything(seed, verbose=False)
+        dm = make_dm(tiny_bert, data_dir=str(tmp_path / "d"), batch_size=4, group_by_length=False)
+        dm.setup("fit")
+        order = [int(i) for batch in dm.train_dataloader() for i in batch["row_idx"]]
+        return order, sorted(dm.raw["test"]["text"])
+
+    first, test_rows = order_and_test_rows(1)
+    assert order_and_test_rows(1) == (first, test_rows)  # same seed: same order
+    other, other_test_rows = order_and_test_rows(2)
+    assert other != first and sorted(other) == sorted(first)  # another seed: the same rows, another order
+    assert other_test_rows == test_rows  # and the same test split

@@ -692,8 +692,8 @@ class TextDataModule(L.LightningDataModule):
         if shuffle:
             # one batch per group is plain random batching (group_by_length off), still seeded per epoch
             group = self.group_batches if self.group_by_length else 1
-            sampler = LengthGroupedSampler(sequence_lengths(dataset), batch_size, group, self.seed, weights=weights,
-                                           num_replicas=replicas, rank=rank)
+            sampler = LengthGroupedSampler(sequence_lengths(dataset), batch_size, group, self.order_seed(),
+                                           weights=weights, num_replicas=replicas, rank=rank)
             if self._resume_train_at is not None:
                 sampler.resume_at(*self._resume_train_at)
                 self._resume_train_at = None
@@ -711,8 +711,16 @@ class TextDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             # its own generator: starting an epoch's iterator then draws nothing from the global RNG, so
             # dropout sees the same random numbers in a resumed run as in an unbroken one
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(self.order_seed()),
         )
+
+    def order_seed(self) -> int:
+        """Seed of the training batch order: the run's seed (`seed_everything`, which Lightning keeps in
+        PL_GLOBAL_SEED), as HF Trainer's order follows its `seed`; `data.seed` without one (a data module used
+        on its own). Runs that differ only in `seed_everything` then see their rows in different orders (a model
+        without dropout, such as SmolLM2 or Llama, otherwise trained identically), while `data.seed` keeps
+        choosing the sampled rows and carved splits, so every seed is tested on the same rows."""
+        return int(os.environ.get("PL_GLOBAL_SEED", self.seed))
 
     def batch_of(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """What the loaders yield: `collate` of the features without `row_idx`, which is added back as a tensor
