@@ -297,28 +297,79 @@ def prepare(a: argparse.Namespace, work: Path) -> None:
         a.model = str(folder)
 
 
+def loss_difference(ftl: list[float], trl: list[float]) -> tuple[float, float | None, float | None]:
+    """Mean test loss of ftl minus TRL's over the seeds, with a 95% Welch t interval (None for a single run each).
+    The seeds are the unit: what varies between them is the training order, the main noise of a short run."""
+    from statistics import fmean
+
+    diff = fmean(ftl) - fmean(trl)
+    if len(ftl) < 2 or len(trl) < 2:
+        return diff, None, None
+    from scipy.stats import ttest_ind
+
+    ci = ttest_ind(ftl, trl, equal_var=False).confidence_interval(0.95)
+    return diff, float(ci.low), float(ci.high)
+
+
 def table(results: list[dict], header: str, tolerance: float) -> str:
-    lines = [header, "", f"{'run':<14}{'tokens':>9}{'train s':>9}{'tokens/s':>11}{'steps':>7}"
+    """Every run, then ftl / TRL per packing setting: the ratio of mean tokens/s and the test-loss difference.
+    Loss verdict: no worse means a mean difference of at most `tolerance` nats; with several seeds the 95%
+    interval of the difference is printed, and whether it holds 0 (the two are then within noise)."""
+    from statistics import fmean, stdev
+
+    lines = [header, "", f"{'run':<14}{'seed':>5}{'tokens':>9}{'train s':>9}{'tokens/s':>11}{'steps':>7}"
              f"{'peak MB':>10}{'test loss':>11}"]
     for r in results:
         name = f"{r['framework']} {'packed' if r['packing'] else 'unpacked'}"
-        lines.append(f"{name:<14}{r['train_tokens']:>9}{r['train_seconds']:>9.1f}{r['tokens_per_sec']:>11.1f}"
-                     f"{r['optimizer_steps']:>7}{r['peak_memory_mb']:>10.0f}{r['test_loss']:>11.4f}")
+        lines.append(f"{name:<14}{r.get('seed', ''):>5}{r['train_tokens']:>9}{r['train_seconds']:>9.1f}"
+                     f"{r['tokens_per_sec']:>11.1f}{r['optimizer_steps']:>7}{r['peak_memory_mb']:>10.0f}"
+                     f"{r['test_loss']:>11.4f}")
+    groups: dict[tuple[str, bool], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["framework"], r["packing"]), []).append(r)
+    if any(len(g) > 1 for g in groups.values()):
+        lines += ["", f"{'mean over seeds':<17}{'runs':>5}{'tokens/s':>10}{'peak MB':>10}{'test loss':>11}{'sd':>8}"]
+        for (framework, packing), g in groups.items():
+            losses = [r["test_loss"] for r in g]
+            lines.append(f"{framework + (' packed' if packing else ' unpacked'):<17}{len(g):>5}"
+                         f"{fmean(r['tokens_per_sec'] for r in g):>10.1f}{max(r['peak_memory_mb'] for r in g):>10.0f}"
+                         f"{fmean(losses):>11.4f}{stdev(losses) if len(g) > 1 else 0.0:>8.4f}")
     lines += ["", f"peak memory: {results[0]['memory_measure']}", "",
-              f"ftl / TRL (loss counts as no worse within {tolerance:g} nats)",
-              "                 tokens/s ratio  target  test loss (ftl - TRL)  verdict"]
-    by = {(r["framework"], r["packing"]): r for r in results}
+              f"ftl / TRL (loss counts as no worse within {tolerance:g} nats of TRL's, mean over seeds)",
+              "                 tokens/s ratio  target  test loss (ftl - TRL) [95% interval]  verdict"]
     for packing, target in ((False, 1.2), (True, 1.0)):
-        if ("ftl", packing) not in by or ("trl", packing) not in by:
+        if ("ftl", packing) not in groups or ("trl", packing) not in groups:
             continue
-        f, t = by[("ftl", packing)], by[("trl", packing)]
-        ratio = f["tokens_per_sec"] / t["tokens_per_sec"]
-        diff = f["test_loss"] - t["test_loss"]
-        ok = ratio >= target and diff <= tolerance
-        lines.append(f"{'packed' if packing else 'unpacked':<17}{ratio:>14.2f}x  >={target:.1f}x  {diff:>+21.4f}  "
-                     f"{'meets' if ok else 'misses'} (ratio {'ok' if ratio >= target else 'low'}, "
-                     f"loss {'no worse' if diff <= tolerance else 'worse'})")
+        f, t = groups[("ftl", packing)], groups[("trl", packing)]
+        ratio = fmean(r["tokens_per_sec"] for r in f) / fmean(r["tokens_per_sec"] for r in t)
+        diff, low, high = loss_difference([r["test_loss"] for r in f], [r["test_loss"] for r in t])
+        no_worse = diff <= tolerance
+        interval = "" if low is None else f" [{low:+.4f}, {high:+.4f}]"
+        noise = "" if low is None else ("; within noise" if low <= 0 <= high else "; beyond noise")
+        ok = ratio >= target and no_worse
+        lines.append(f"{'packed' if packing else 'unpacked':<17}{ratio:>14.2f}x  >={target:.1f}x  "
+                     f"{f'{diff:+.4f}{interval}':>36}  {'meets' if ok else 'misses'} (ratio "
+                     f"{'ok' if ratio >= target else 'low'}, loss {'no worse' if no_worse else 'worse'}{noise})")
     return "\n".join(lines)
+
+
+def run_worker(a: argparse.Namespace, work: Path, framework: str, packing: bool, seed: int) -> dict:
+    """One run in its own process (so peak memory is its own); its result line, with the seed."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
+           "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, __file__, "--worker", framework, "--work", str(work), "--model", a.model,
+           "--train_rows", str(a.train_rows), "--test_rows", str(a.test_rows),
+           "--epochs", str(a.epochs), "--batch_size", str(a.batch_size), "--lr", str(a.lr),
+           "--max_length", str(a.max_length), "--seed", str(seed), "--max_grad_norm", str(a.max_grad_norm),
+           f"--ftl_args={a.ftl_args}"] + (["--packing"] if packing else [])
+    print(f"sft_peer: {framework} {'packed' if packing else 'unpacked'}, seed {seed} ...", file=sys.stderr,
+          flush=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("SFT_PEER_RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        raise SystemExit(f"sft_peer: the {framework} run failed (exit {proc.returncode})")
+    return {**json.loads(line.removeprefix("SFT_PEER_RESULT ")), "seed": seed}
 
 
 def main() -> None:
@@ -334,7 +385,9 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=4, help="rows (or packed rows) per optimizer step")
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (linear decay, no warmup)")
     p.add_argument("--max_length", type=int, default=256, help="max tokens per sequence / packed row")
-    p.add_argument("--seed", type=int, default=42, help="seed for both frameworks")
+    p.add_argument("--seed", type=int, default=None, help="one seed (the same as --seeds N)")
+    p.add_argument("--seeds", default="42", help="comma-separated seeds: every run is repeated with each (both "
+                   "frameworks; the seed sets the batch order), and the loss comparison gets a 95%% interval")
     p.add_argument("--max_grad_norm", type=float, default=1.0,
                    help="gradient clipping norm for both (TRL's default; ftl's --trainer.gradient_clip_val)")
     p.add_argument("--loss_tolerance", type=float, default=0.005,
@@ -353,30 +406,19 @@ def main() -> None:
     if a.worker:
         worker(a)
         return
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
-           "TOKENIZERS_PARALLELISM": "false"}
+    seeds = [a.seed] if a.seed is not None else [int(x) for x in a.seeds.split(",") if x.strip()]
     results = []
     with tempfile.TemporaryDirectory(prefix="sft_peer_") as tmp:
         work = Path(tmp)
         prepare(a, work)
-        for framework in {"both": ("ftl", "trl"), "ftl": ("ftl",), "trl": ("trl",)}[a.frameworks]:
-            for packing in {"both": (False, True), "unpacked": (False,), "packed": (True,)}[a.runs]:
-                cmd = [sys.executable, __file__, "--worker", framework, "--work", str(work), "--model", a.model,
-                       "--train_rows", str(a.train_rows), "--test_rows", str(a.test_rows),
-                       "--epochs", str(a.epochs), "--batch_size", str(a.batch_size), "--lr", str(a.lr),
-                       "--max_length", str(a.max_length), "--seed", str(a.seed),
-                       "--max_grad_norm", str(a.max_grad_norm),
-                       f"--ftl_args={a.ftl_args}"] + (["--packing"] if packing else [])
-                print(f"sft_peer: {framework} {'packed' if packing else 'unpacked'} ...", file=sys.stderr, flush=True)
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("SFT_PEER_RESULT ")), None)
-                if proc.returncode != 0 or line is None:
-                    sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-                    raise SystemExit(f"sft_peer: the {framework} run failed (exit {proc.returncode})")
-                results.append(json.loads(line.removeprefix("SFT_PEER_RESULT ")))
+        # seeds outermost: a drift in machine load then touches both frameworks alike
+        for seed in seeds:
+            for framework in {"both": ("ftl", "trl"), "ftl": ("ftl",), "trl": ("trl",)}[a.frameworks]:
+                for packing in {"both": (False, True), "unpacked": (False,), "packed": (True,)}[a.runs]:
+                    results.append(run_worker(a, work, framework, packing, seed))
     model = "tiny random chat Llama (2 layers, width 32)" if a.tiny else a.model
     header = (f"sft_peer: {model}; {a.train_rows} train / {a.test_rows} test rows, {a.epochs} epoch(s), batch "
-              f"{a.batch_size}, lr {a.lr:g}, max_length {a.max_length}, seed {a.seed}"
+              f"{a.batch_size}, lr {a.lr:g}, max_length {a.max_length}, seeds {','.join(map(str, seeds))}"
               + (f"; ftl args: {a.ftl_args}" if a.ftl_args else ""))
     text = table(results, header, a.loss_tolerance)
     print(text)

@@ -135,6 +135,7 @@ class QADataModule(TextDataModule):
         add_eos: bool = True,
         packing: bool = False,
         max_eval_samples: int | None = None,
+        group_batches: int = 4,
         **kwargs: Any,
     ) -> None:
         """
@@ -155,8 +156,12 @@ class QADataModule(TextDataModule):
             packing: pack training sequences best-fit into rows of `max_length` tokens, attention kept inside each
                 sequence (`ftl.data.packing`); evaluation is never packed.
             max_eval_samples: rows kept in val and test (default: `max_samples`).
+            group_batches: training rows are sorted by length within shuffled windows of this many batches
+                (less padding). 4 here, not the classifiers' 64: windows that wide make batches of answers of one
+                length, which on MedQuAD are largely answers of one kind, and the test loss paid for it; 4 keeps
+                the speed (`docs/qa.md`, "Against TRL").
         """
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, group_batches=group_batches, **kwargs)
         self.question_column = question_column
         self.answer_column = answer_column
         self.prompt_column = prompt_column
