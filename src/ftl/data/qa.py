@@ -159,7 +159,7 @@ class QADataModule(TextDataModule):
             group_batches: training rows are sorted by length within shuffled windows of this many batches
                 (less padding). 4 here, not the classifiers' 64: windows that wide make batches of answers of one
                 length, which on MedQuAD are largely answers of one kind, and the test loss paid for it; 4 keeps
-                the speed (`docs/qa.md`, "Against TRL").
+                most of the speed (`docs/qa.md`, "Batches and loss weighting").
         """
         super().__init__(*args, group_batches=group_batches, **kwargs)
         self.question_column = question_column
