@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import struct
 from pathlib import Path
 
@@ -15,6 +16,13 @@ def run_cli(*args: str) -> None:
     from ftl.commands.cli import main
 
     main(list(args))
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a child that a test interrupts: Ctrl-C's default action, whatever the test runner had.
+    A shell runs a background job (`cmd &`) with SIGINT ignored and children inherit that, so under such a
+    runner the child would never see the SIGINT the test sends (measured: the fit ran to the end, exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def fit_args(config: str, data_dir: Path, model: Path, run_dir: Path, *extra: str) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, default_sigint
 
 QUALITY_EXCLUDED = ("/runtime", "/samples_per_sec", "/steps_per_sec", "/tokens_per_sec", "/tflops", "/mfu")
 
@@ -88,7 +88,8 @@ def killed_fit(fault: str, args: list[str]) -> subprocess.CompletedProcess:
     """`ftl <args>` in a fresh process that sends itself `fault` ("SIGKILL:test"...) through `Fault`."""
     env = dict(os.environ, FTL_TEST_FAULT=fault, PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "ftl", *args, "--trainer.callbacks+=tests.test_faults.Fault"]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=default_sigint)
 
 
 def quality(run: Path) -> dict[str, float]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import default_sigint
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,7 +31,8 @@ def interrupt_when(command: list[str], ready, timeout: float = 240) -> subproces
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with tempfile.TemporaryFile("w+") as err_file:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err_file, text=True, env=env)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err_file, text=True, env=env,
+                                   preexec_fn=default_sigint)
         deadline = time.monotonic() + timeout
         while process.poll() is None and time.monotonic() < deadline:
             err_file.seek(0)
