@@ -111,7 +111,7 @@ def assert_nothing_half_written(run: Path) -> None:
     for name in ("metrics.json", "fit_finished.json"):
         if (run / name).exists():
             json.loads((run / name).read_text())
-    assert not [p for p in run.rglob("*") if p.name.endswith((".tmp", ".link"))]
+    assert not [p for p in run.rglob("*") if p.name.endswith((".tmp", ".link", ".partial"))]
 
 
 @pytest.mark.parametrize("fault", ["SIGINT:mid_epoch", "SIGKILL:mid_epoch", "SIGKILL:checkpoint_write",

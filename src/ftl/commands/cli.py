@@ -44,7 +44,7 @@ from ftl.reports.callbacks import (
     RunSummary,
     Throughput,
 )
-from ftl.reports.checkpoint import RunCheckpoint
+from ftl.reports.checkpoint import RunCheckpoint, stream_checkpoints
 from ftl.reports.interrupt import SaveOnInterrupt
 from ftl.reports.intervals import CISettings
 from ftl.reports.loggers import WandbReport, finish_wandb, log_config, prepare_wandb_env, start_wandb, wandb_loggers
@@ -336,6 +336,7 @@ class FTLCLI(LightningCLI):
                 self._discard_run_dir()
             raise
         self._keep_earlier_metrics()
+        stream_checkpoints(self.trainer)
         if isinstance(self.trainer.checkpoint_callback, RunCheckpoint):
             self.trainer.checkpoint_callback.train_further = self._train_further
 
