@@ -82,6 +82,32 @@ def test_fit_exports_the_best_checkpoint_with_label_names(fitted):
         assert torch.equal(exported[key], value), key
 
 
+def _exported_matches(folder: Path, ckpt: Path) -> bool:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    exported = AutoModelForSequenceClassification.from_pretrained(folder).state_dict()
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    return all(torch.equal(exported[k.removeprefix("model.")], v) for k, v in saved.items() if k.startswith("model."))
+
+
+@pytest.mark.parametrize("monitor", ["step", "none"])
+def test_fit_exports_the_best_checkpoint_whether_or_not_it_is_the_last_step(monitor, tmp_path, tiny_data_dir,
+                                                                           tiny_bert, cli):
+    """Best = the first epoch (monitor `step`, mode min): its weights are loaded and exported, not the final ones.
+    No validation: the best is the last step, exported from memory, and equal to that checkpoint."""
+    run = tmp_path / "run"
+    extra = ["--checkpoint.monitor", "step", "--checkpoint.mode", "min"] if monitor == "step" \
+        else ["--trainer.limit_val_batches", "0"]
+    cli("fit", *cli_args(tiny_data_dir, tiny_bert, run, "--trainer.max_epochs", "2", "--model.learning_rate", "3e-4",
+                         "--test_after_fit", "false", *extra))
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    last = run / "checkpoints" / "last.ckpt"
+    assert ("epoch0" in best.name) == (monitor == "step")
+    assert _exported_matches(run / "hf_model", best)
+    assert _exported_matches(run / "hf_model", last) == (monitor == "none")
+
+
 def test_pipeline_matches_ftl_predict(fitted, tiny_data_dir, tiny_bert, tmp_path, cli):
     from ftl.data.synthetic import LABEL_NAMES
 
