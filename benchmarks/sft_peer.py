@@ -23,8 +23,13 @@ packing rows of `max_length` with per-sequence position ids; TRL: random batches
 padding-free batches flattened into one row). ftl runs through its CLI (`ftl.commands.cli.FTLCLI`, in process,
 with `configs/medquad.yaml`), TRL through `SFTTrainer` (`pip install trl`; not an ftl dependency).
 
+`--order file` gives both the training rows in file order (the same batches, no shuffling): the two trainers then
+end at the same test loss (smollm2-135m, 128 rows, 32 steps: 2.0486979 vs 2.0486988), so what differs between
+seeded runs is the batches alone.
+
     python benchmarks/sft_peer.py --tiny --out benchmarks/results/sft_peer_tiny.json
-    python benchmarks/sft_peer.py --model smollm2-135m --data_dir ../shared/data/medquad
+    python benchmarks/sft_peer.py --model smollm2-135m --data_dir ../shared/data/medquad --seeds 42,43,44,45
+    python benchmarks/sft_peer.py --model smollm2-135m --train_rows 128 --runs unpacked --order file
 """
 
 from __future__ import annotations
@@ -194,6 +199,12 @@ def run_ftl(a: argparse.Namespace, work: Path) -> dict:
         def instantiate_classes(self) -> None:
             super().instantiate_classes()
             self.trainer.callbacks.append(timer)
+            if a.order == "file":  # the rows in file order, batch after batch, as TRL's run gets them
+                from torch.utils.data import DataLoader
+
+                dm = self.datamodule
+                dm.train_dataloader = lambda: DataLoader(dm.datasets["train"], batch_size=a.batch_size,
+                                                         shuffle=False, collate_fn=dm.batch_of)
 
     tok = load_tokenizer(a.model)
     fmt = "chat" if getattr(tok, "chat_template", None) else "template"
@@ -253,7 +264,16 @@ def run_trl(a: argparse.Namespace, work: Path) -> dict:
         logging_steps=10, max_length=a.max_length, packing=a.packing, completion_only_loss=True,
         dataloader_num_workers=0, disable_tqdm=True,
     )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tok, callbacks=[timer])
+    trainer_class = SFTTrainer
+    if a.order == "file":  # the rows in file order, as ftl's run gets them
+        from torch.utils.data import SequentialSampler
+
+        class FileOrderSFTTrainer(SFTTrainer):
+            def _get_train_sampler(self, train_dataset=None):
+                return SequentialSampler(self.train_dataset if train_dataset is None else train_dataset)
+
+        trainer_class = FileOrderSFTTrainer
+    trainer = trainer_class(model=model, args=config, train_dataset=train, processing_class=tok, callbacks=[timer])
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * a.epochs
     trainer.train()
     return {"tokens": tokens, "seconds": timer.end - timer.start, "model": trainer.model,
@@ -361,7 +381,7 @@ def run_worker(a: argparse.Namespace, work: Path, framework: str, packing: bool,
            "--train_rows", str(a.train_rows), "--test_rows", str(a.test_rows),
            "--epochs", str(a.epochs), "--batch_size", str(a.batch_size), "--lr", str(a.lr),
            "--max_length", str(a.max_length), "--seed", str(seed), "--max_grad_norm", str(a.max_grad_norm),
-           f"--ftl_args={a.ftl_args}"] + (["--packing"] if packing else [])
+           "--order", a.order, f"--ftl_args={a.ftl_args}"] + (["--packing"] if packing else [])
     print(f"sft_peer: {framework} {'packed' if packing else 'unpacked'}, seed {seed} ...", file=sys.stderr,
           flush=True)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
@@ -398,6 +418,10 @@ def main() -> None:
                    help="run both frameworks (ratios printed) or one of them (its rows only)")
     p.add_argument("--ftl_args", default="", help="extra ftl CLI arguments for the ftl runs, one string "
                    "(e.g. \"--data.group_by_length false\")")
+    p.add_argument("--order", choices=["seeded", "file"], default="seeded",
+                   help="training batch order: each framework's own, from the seed (default), or the rows in file "
+                   "order in both (unpacked only; the same batches, so the two trainers can be compared step for "
+                   "step at full size)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--worker", choices=["ftl", "trl"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--packing", action="store_true", help=argparse.SUPPRESS)
@@ -407,6 +431,8 @@ def main() -> None:
         worker(a)
         return
     seeds = [a.seed] if a.seed is not None else [int(x) for x in a.seeds.split(",") if x.strip()]
+    if a.order == "file" and a.runs != "unpacked":
+        p.error("--order file compares unpacked runs (the two pack rows differently): add --runs unpacked")
     results = []
     with tempfile.TemporaryDirectory(prefix="sft_peer_") as tmp:
         work = Path(tmp)
@@ -419,7 +445,8 @@ def main() -> None:
     model = "tiny random chat Llama (2 layers, width 32)" if a.tiny else a.model
     header = (f"sft_peer: {model}; {a.train_rows} train / {a.test_rows} test rows, {a.epochs} epoch(s), batch "
               f"{a.batch_size}, lr {a.lr:g}, max_length {a.max_length}, seeds {','.join(map(str, seeds))}"
-              + (f"; ftl args: {a.ftl_args}" if a.ftl_args else ""))
+              + (f"; ftl args: {a.ftl_args}" if a.ftl_args else "")
+              + ("; training rows in file order in both" if a.order == "file" else ""))
     text = table(results, header, a.loss_tolerance)
     print(text)
     if a.out:

@@ -134,9 +134,11 @@ class CausalLM(TaskModule):
                 weighs the same in whichever batch it falls. "batch": divided by the batch's own answer tokens (a
                 per-batch mean, as HF Trainer and TRL do across accumulation windows); with ftl's length-grouped
                 batches that gives a short answer's tokens several times a long answer's weight. Measured
-                (benchmarks/sft_peer.py, smollm2-135m, 128 MedQuAD pairs, 1 epoch): token-weighted test loss
-                2.0661 -> 2.0486 and 2.0689 -> 2.0540 (data seeds 42, 43) going from "batch" to "epoch". The
-                logged `train/loss` is the per-batch mean either way.
+                (benchmarks/sft_peer.py, smollm2-135m, 128 MedQuAD pairs, 1 epoch, no clipping): token-weighted
+                test loss 2.0661 -> 2.0486 and 2.0689 -> 2.0540 (data seeds 42, 43) going from "batch" to "epoch".
+                With gradient clipping (configs/medquad.yaml clips at 1.0) a step whose gradient norm is above the
+                clip is rescaled and the choice drops out: the same runs, clipped, gave identical losses both ways.
+                The logged `train/loss` is the per-batch mean either way.
         """
         if max_new_tokens is not None and max_new_tokens < 1:
             raise FTLError(f"model.max_new_tokens must be a positive integer, got {max_new_tokens}")
