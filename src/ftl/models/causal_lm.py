@@ -137,7 +137,7 @@ class CausalLM(TaskModule):
                 (benchmarks/sft_peer.py, smollm2-135m, 128 MedQuAD pairs, 1 epoch, no clipping): token-weighted
                 test loss 2.0661 -> 2.0486 and 2.0689 -> 2.0540 (data seeds 42, 43) going from "batch" to "epoch".
                 With gradient clipping (configs/medquad.yaml clips at 1.0) a step whose gradient norm is above the
-                clip is rescaled and the choice drops out: the same runs, clipped, gave identical losses both ways.
+                clip is rescaled and the choice drops out (clipped, random batches, seeds 42-44: identical losses).
                 The logged `train/loss` is the per-batch mean either way.
         """
         if max_new_tokens is not None and max_new_tokens < 1:
