@@ -44,7 +44,7 @@ from ftl.reports.callbacks import (
     RunSummary,
     Throughput,
 )
-from ftl.reports.checkpoint import RunCheckpoint, stream_checkpoints
+from ftl.reports.checkpoint import RunCheckpoint, read_checkpoint_lazily, stream_checkpoints
 from ftl.reports.interrupt import SaveOnInterrupt
 from ftl.reports.intervals import CISettings
 from ftl.reports.loggers import WandbReport, finish_wandb, log_config, prepare_wandb_env, start_wandb, wandb_loggers
@@ -168,9 +168,7 @@ class FTLCLI(LightningCLI):
             return []
         import csv
 
-        import torch
-
-        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        state = read_checkpoint_lazily(ckpt)
         step, epoch = state.get("global_step", 0), state.get("epoch", 0)
         rows = []
         with open(path, newline="", encoding="utf-8") as f:
@@ -483,9 +481,7 @@ def _interrupted() -> None:
 def _saved_step(checkpoint: Path) -> str:
     """'training step 12 (epoch 2)': what a checkpoint holds, read without loading its tensors."""
     try:
-        import torch
-
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        state = read_checkpoint_lazily(checkpoint)
         return f"training step {int(state['global_step'])} (epoch {int(state['epoch']) + 1})"
     except Exception:  # the line must come out whatever the file holds
         return "the last saved step"

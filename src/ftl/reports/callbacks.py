@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from ftl.data.text import TextDataModule
 from ftl.models.base import TaskModule, gather_records
 from ftl.models.outputs import Record, TaskOutputs
+from ftl.reports.checkpoint import read_checkpoint_lazily
 
 
 def _scalar(value: Any) -> float | None:
@@ -524,8 +525,8 @@ class HFExport(L.Callback):
 
 
 def _checkpoint_step(path: str) -> int | None:
-    """The `global_step` a checkpoint was saved at, read without loading its tensors (memory-mapped)."""
+    """The `global_step` a checkpoint was saved at, read without loading its tensors."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+        return int(read_checkpoint_lazily(path).get("global_step", -1))
     except (OSError, RuntimeError, ValueError, TypeError):
         return None

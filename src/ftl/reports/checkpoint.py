@@ -32,7 +32,7 @@ from weakref import proxy
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-# temporary files of an unfinished save: RunCheckpoint's `.<name>.tmp`, StreamingCheckpointIO's `.<name>.partial`
+# temporary files of an unfinished save: RunCheckpoint's `.<name>.tmp`, save_atomically's `.<name>.partial`
 _UNFINISHED = (".ckpt.tmp", ".ckpt.link", ".ckpt.partial", ".ckpt.tmp.partial")
 
 
@@ -135,15 +135,34 @@ class RunCheckpoint(ModelCheckpoint):
 
 def _strip_to_weights(path: str) -> None:
     """Rewrite a checkpoint without its optimizer and schedule states (atomically, via a temporary file)."""
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    state = read_checkpoint_lazily(path)
     for key in ("optimizer_states", "lr_schedulers"):
         state.pop(key, None)
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_atomically(state, path)
+
+
+def read_checkpoint_lazily(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's contents with its tensors memory-mapped, not read: its step and epoch cost next to nothing.
+    `weights_only`: loading a checkpoint cannot run code."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def save_atomically(checkpoint: dict[str, Any], path: str) -> None:
+    """`torch.save` streamed to `.<name>.partial` beside `path`, renamed into place when complete: a crash or a
+    kill mid-save leaves the earlier file as it was (and the partial one is removed on an exception)."""
+    import torch
+
+    folder, name = os.path.split(os.path.abspath(path))
+    partial = os.path.join(folder, f".{name}.partial")
+    try:
+        torch.save(checkpoint, partial)
+        os.replace(partial, path)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):
@@ -164,19 +183,9 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:  # as TorchCheckpointIO
             raise TypeError("StreamingCheckpointIO.save_checkpoint takes no storage_options: a custom CheckpointIO "
                             "plugin is needed to pass them")
-        import torch
-
         path = path.removeprefix("file://")
-        folder, name = os.path.split(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        partial = os.path.join(folder, f".{name}.partial")
-        try:
-            torch.save(checkpoint, partial)
-            os.replace(partial, path)
-        except BaseException:
-            if os.path.exists(partial):
-                os.remove(partial)
-            raise
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        save_atomically(checkpoint, path)
 
 
 def stream_checkpoints(trainer: Any) -> None:
